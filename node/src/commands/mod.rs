@@ -1,0 +1,45 @@
+//! One module per subcommand. Each exposes its clap `Args` and a `run`
+//! returning the process exit code; `dispatch` picks one.
+//!
+//! Exit codes are a contract: 0 success, 1 an error (for `exec`, a unit
+//! error), 2 a capability whose issue has not landed yet.
+
+pub mod demo;
+pub mod exec;
+pub mod node;
+pub mod pause;
+pub mod publish;
+pub mod results;
+pub mod resume;
+pub mod status;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for a subcommand that exists but whose capability has not landed.
+pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    match cli.command {
+        Command::Node(args) => node::run(&global, args),
+        Command::Exec(args) => exec::run(&global, args),
+        Command::Publish(args) => publish::run(&global, args),
+        Command::Status(args) => status::run(&global, args),
+        Command::Results(args) => results::run(&global, args),
+        Command::Pause(args) => pause::run(&global, args),
+        Command::Resume(args) => resume::run(&global, args),
+        Command::Demo(args) => demo::run(&global, args),
+    }
+}
+
+/// Says plainly that `command` is not available yet and returns exit code 2.
+pub(crate) fn not_yet(command: &str, what: &str) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "formic {command}: not available yet in this build — {what}. \
+         See README.md for what works today."
+    );
+    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
+}

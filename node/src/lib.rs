@@ -1,0 +1,12 @@
+//! The Formic peer as a library: the `formic` binary is a thin shell over it,
+//! and the multi-node tests in `tests/` start nodes through it in-process.
+//!
+//! Layers (see docs/ARCHITECTURE.md): `cli` and `commands` are the edge where
+//! `anyhow` is used; `identity` and `data_dir` own files in the data
+//! directory; the network, store and governor modules arrive with their issues.
+
+pub mod cli;
+pub mod commands;
+pub mod data_dir;
+pub mod identity;
+pub mod logging;

@@ -1,0 +1,310 @@
+//! The records of the Formic protocol and the gossip message that carries
+//! them. Field meanings are part of the protocol: changing one means a new
+//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+//!
+//! Flow (docs/ARCHITECTURE.md): an owner signs a [`ProjectManifest`] and one
+//! or more [`Batch`]es and gossips an [`Announce`]; workers [`Claim`] replica
+//! slots, compute, gossip a [`Commit`] (a seal hiding their result), and once
+//! a quorum of commits exists, a [`Reveal`]. The signed records together are
+//! the *evidence* anyone can validate.
+//!
+//! No floats appear on the wire (fractions are parts per million), so every
+//! record has one canonical encoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::content_id::ContentId;
+use crate::signed::{Signed, SignedPayload, SignerKey};
+
+/// Largest gossip message any peer sends or accepts. Set explicitly, and the
+/// same on every peer (gossipsub's own default is 64 KiB too): gossip carries
+/// ids and small signed records, never payloads.
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// Largest input or output carried inline in a record instead of as a blob.
+pub const MAX_INLINE_BYTES: usize = 1024;
+
+/// Largest batch blob: the list of units of one batch.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// A blob by content id and exact size (the size lets a fetcher refuse
+/// oversized transfers before they start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub id: ContentId,
+    pub size: u64,
+}
+
+impl BlobRef {
+    /// The reference to `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            id: ContentId::of(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+}
+
+/// Bytes carried either inline (small) or as a blob (anything else).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Data {
+    /// At most [`MAX_INLINE_BYTES`].
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    Blob(BlobRef),
+}
+
+impl Data {
+    /// Inline when small enough, otherwise a reference to the blob of `bytes`
+    /// (which the caller must then store and provide).
+    pub fn for_bytes(bytes: &[u8]) -> Self {
+        if bytes.len() <= MAX_INLINE_BYTES {
+            Data::Inline(bytes.to_vec())
+        } else {
+            Data::Blob(BlobRef::of(bytes))
+        }
+    }
+
+    /// The content id of the bytes this refers to.
+    pub fn content_id(&self) -> ContentId {
+        match self {
+            Data::Inline(b) => ContentId::of(b),
+            Data::Blob(r) => r.id,
+        }
+    }
+
+    /// The length of the bytes this refers to.
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Inline(b) => b.len() as u64,
+            Data::Blob(r) => r.size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Resource limits for every unit of a project. The sandbox enforces them;
+/// a unit that exceeds one ends in an error, never a comparable result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Fuel (wasmtime's deterministic instruction-cost measure) per unit.
+    pub fuel_per_unit: u64,
+    /// Linear-memory cap in bytes.
+    pub memory_bytes: u64,
+    /// Largest output a unit may write to stdout.
+    pub max_output_bytes: u64,
+    /// Wall-clock ceiling per unit in milliseconds: a safety net only, since
+    /// hosts differ in speed; fuel is the real, deterministic bound.
+    pub wall_clock_ms: u64,
+}
+
+/// How much redundancy and validation a project asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Matching results from distinct, independent workers needed to
+    /// validate a unit.
+    pub quorum: u16,
+    /// Most replicas ever assigned for one unit, re-tries included.
+    pub max_replicas: u16,
+    /// How long a claim holds a replica slot, in milliseconds.
+    pub lease_ms: u64,
+    /// Probability, in parts per million, that a unit silently gets an extra
+    /// audit replica that no worker can see before it commits.
+    pub audit_rate_ppm: u32,
+}
+
+/// What an owner publishes about a project. Signed by the owner; the
+/// ProjectId is the content id of the signed envelope, so it names the owner,
+/// the app and every limit at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectManifest {
+    /// Human-readable name (at most 128 bytes by convention; not unique).
+    pub name: String,
+    /// The app: a WASI preview 1 command module.
+    pub app: BlobRef,
+    pub limits: Limits,
+    pub policy: Policy,
+    /// When the owner created it, in ms since the Unix epoch (informational;
+    /// handed in by the caller since this crate reads no clock).
+    pub created_at_ms: u64,
+}
+
+impl SignedPayload for ProjectManifest {
+    const DOMAIN: &'static str = "formic/v1/manifest";
+    const MAX_PAYLOAD: usize = 16 * 1024;
+}
+
+/// The id of a project: the content id of its signed manifest.
+pub type ProjectId = ContentId;
+
+/// One unit of work: its index within the project and its input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSpec {
+    pub index: u64,
+    pub input: Data,
+}
+
+/// A list of units, owner-signed and stored as a blob; only its id and unit
+/// count travel by gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub project: ProjectId,
+    /// Sequence number of this batch within the project, from 0.
+    pub seq: u32,
+    /// Per-batch randomness for assignment (rendezvous hashing), chosen by
+    /// the owner when signing; workers cannot choose it.
+    #[serde(with = "serde_bytes")]
+    pub seed: [u8; 32],
+    pub units: Vec<UnitSpec>,
+}
+
+impl SignedPayload for Batch {
+    const DOMAIN: &'static str = "formic/v1/batch";
+    const MAX_PAYLOAD: usize = MAX_BATCH_BYTES;
+}
+
+/// Names one unit of one project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnitRef {
+    pub project: ProjectId,
+    pub index: u64,
+}
+
+impl UnitRef {
+    /// A stable id for the unit, used in seals and as the sandbox's random
+    /// seed: blake3("formic/v1/unit" ‖ project ‖ index as big-endian u64).
+    pub fn id(&self) -> ContentId {
+        let mut h = blake3::Hasher::new();
+        h.update(b"formic/v1/unit");
+        h.update(self.project.as_bytes());
+        h.update(&self.index.to_be_bytes());
+        h.finalize().into()
+    }
+}
+
+/// The owner tells the network a batch exists. Small by design.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub project: ProjectId,
+    /// The blob holding the signed manifest (its id equals `project`).
+    pub manifest: BlobRef,
+    /// The blob holding the signed batch.
+    pub batch: BlobRef,
+    pub batch_seq: u32,
+    pub units: u64,
+}
+
+impl SignedPayload for Announce {
+    const DOMAIN: &'static str = "formic/v1/announce";
+    const MAX_PAYLOAD: usize = 1024;
+}
+
+/// A worker takes a replica slot of a unit until `lease_until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub unit: UnitRef,
+    pub slot: u16,
+    pub lease_until_ms: u64,
+}
+
+impl SignedPayload for Claim {
+    const DOMAIN: &'static str = "formic/v1/claim";
+    const MAX_PAYLOAD: usize = 1024;
+}
+
+/// A worker binds itself to a result without showing it: the seal is
+/// blake3(result_hash ‖ worker key ‖ unit id), so it differs per worker and
+/// a lazy worker learns nothing it could copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub unit: UnitRef,
+    pub seal: ContentId,
+}
+
+impl SignedPayload for Commit {
+    const DOMAIN: &'static str = "formic/v1/commit";
+    const MAX_PAYLOAD: usize = 1024;
+}
+
+/// The seal a worker commits to for `result_hash` on `unit`.
+pub fn seal(result_hash: &ContentId, worker: &SignerKey, unit: &UnitRef) -> ContentId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"formic/v1/seal");
+    h.update(result_hash.as_bytes());
+    h.update(worker.as_bytes());
+    h.update(unit.id().as_bytes());
+    h.finalize().into()
+}
+
+/// A worker opens its commit: the result it computed and where to get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reveal {
+    pub unit: UnitRef,
+    /// blake3 of the output bytes.
+    pub result_hash: ContentId,
+    /// The output itself, inline or as a blob the worker provides.
+    pub output: Data,
+    /// Fuel the unit's `_start` consumed: deterministic, so it must match
+    /// between honest replicas on the same engine.
+    pub fuel_used: u64,
+    /// Sandbox engine and version (fuel is comparable only within one).
+    pub engine: String,
+}
+
+impl SignedPayload for Reveal {
+    const DOMAIN: &'static str = "formic/v1/reveal";
+    const MAX_PAYLOAD: usize = 4 * 1024;
+}
+
+/// The owner discloses, after a batch settles, which units were spot checks
+/// and their known answers, so anyone can check workers against them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotCheckKey {
+    pub project: ProjectId,
+    pub batch_seq: u32,
+    /// (unit index, expected result hash).
+    pub answers: Vec<(u64, ContentId)>,
+}
+
+impl SignedPayload for SpotCheckKey {
+    const DOMAIN: &'static str = "formic/v1/spot-check-key";
+    const MAX_PAYLOAD: usize = MAX_GOSSIP_BYTES - 512;
+}
+
+/// Everything that travels over gossipsub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    Announce(Signed<Announce>),
+    Claim(Signed<Claim>),
+    Commit(Signed<Commit>),
+    Reveal(Signed<Reveal>),
+    SpotCheckKey(Signed<SpotCheckKey>),
+}
+
+impl Gossip {
+    /// Canonical wire bytes, refused locally if over [`MAX_GOSSIP_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode_versioned(self, MAX_GOSSIP_BYTES)
+    }
+
+    /// Decodes a gossip message from an untrusted peer. Signatures are
+    /// checked separately (see [`Gossip::verify`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_versioned(bytes, MAX_GOSSIP_BYTES)
+    }
+
+    /// Verifies the signature of the carried record and checks its payload
+    /// decodes; returns the signer.
+    pub fn verify(&self) -> Result<SignerKey, crate::signed::VerifyError> {
+        match self {
+            Gossip::Announce(s) => s.verify().map(|_| s.signer()),
+            Gossip::Claim(s) => s.verify().map(|_| s.signer()),
+            Gossip::Commit(s) => s.verify().map(|_| s.signer()),
+            Gossip::Reveal(s) => s.verify().map(|_| s.signer()),
+            Gossip::SpotCheckKey(s) => s.verify().map(|_| s.signer()),
+        }
+    }
+}
