@@ -15,6 +15,8 @@ pub mod codec;
 pub mod content_id;
 pub mod messages;
 pub mod signed;
+pub mod validation;
+pub mod assignment;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use content_id::{ContentId, ParseContentIdError};

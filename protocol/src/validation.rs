@@ -1,0 +1,424 @@
+//! `validate(evidence, policy) -> verdicts`: the pure function every peer
+//! runs to decide which results to believe.
+//!
+//! Nothing here trusts a node's say-so. Evidence is a set of verified records
+//! (worker-signed commit+reveal pairs, and the owner's spot-check answers as
+//! the trust anchor); the verdict follows from them alone, deterministically,
+//! so a researcher re-running it on the same evidence gets the same answer.
+//!
+//! Rules (reasoning in docs/VALIDATION.md):
+//! - Execution is deterministic, so two different results for one unit prove
+//!   that someone is wrong. A worker is *proven faulty* when it equivocates
+//!   (reveals two results for one unit), contradicts a spot-check answer, or
+//!   is outvoted when a dispute settles.
+//! - A faulty worker's every result is discarded and every unit it helped
+//!   validate is re-evaluated (backtracking). The rules are re-applied until
+//!   no new fault appears.
+//! - *Standing* is the number of a worker's results corroborated by another
+//!   non-faulty worker (or a spot-check answer). A worker with at least
+//!   `probation` corroborated results is a *veteran*.
+//! - A unit with one result is validated when at least `quorum` non-faulty
+//!   workers revealed it and at least one of them is a veteran: new
+//!   identities are on probation until veterans have confirmed their work.
+//! - A unit with several results is disputed until one result has at least
+//!   one veteran and leads every other by two workers, or has two veterans
+//!   while no other has any; the minority is then proven faulty.
+
+use std::collections::BTreeMap;
+
+use crate::content_id::ContentId;
+use crate::messages::{Commit, Reveal, SpotCheckKey, UnitRef, seal};
+use crate::signed::{Signed, SignerKey, VerifyError};
+
+/// The knobs of validation, from the project's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationPolicy {
+    /// Matching results needed (at least 1).
+    pub quorum: u16,
+    /// Corroborated results a worker needs before its word counts as a
+    /// veteran's. 0 makes everyone a veteran (plain quorum voting).
+    pub probation: u32,
+}
+
+impl Default for ValidationPolicy {
+    fn default() -> Self {
+        Self {
+            quorum: 2,
+            probation: 0,
+        }
+    }
+}
+
+/// One worker's verified result for one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevealEvidence {
+    pub worker: SignerKey,
+    pub unit: UnitRef,
+    pub result_hash: ContentId,
+    pub fuel_used: u64,
+}
+
+/// Why signed records could not be taken as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("invalid signature on a {record}: {source}")]
+    Signature {
+        record: &'static str,
+        source: VerifyError,
+    },
+    #[error("commit and reveal are signed by different workers")]
+    SignerMismatch,
+    #[error("commit and reveal are for different units")]
+    UnitMismatch,
+    #[error("the reveal does not open the commit's seal: the result was changed after committing")]
+    SealMismatch,
+    #[error("the spot-check key is not signed by the project owner")]
+    NotOwner,
+}
+
+/// Why a worker is proven faulty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Revealed two different results for one unit.
+    Equivocated(UnitRef),
+    /// Contradicted the owner's known answer to a spot check.
+    FailedSpotCheck(UnitRef),
+    /// Was on the losing side when a dispute settled.
+    Outvoted(UnitRef),
+}
+
+/// The verified records validation works on.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    reveals: BTreeMap<UnitRef, BTreeMap<SignerKey, RevealEvidence>>,
+    equivocations: BTreeMap<SignerKey, UnitRef>,
+    known: BTreeMap<UnitRef, ContentId>,
+}
+
+impl Evidence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a result that was already verified (or, in the simulator, is
+    /// true by construction). A second, different result from the same
+    /// worker for the same unit is itself proof of a fault.
+    pub fn add_reveal(&mut self, r: RevealEvidence) {
+        let per_unit = self.reveals.entry(r.unit).or_default();
+        match per_unit.get(&r.worker) {
+            Some(prev) if prev.result_hash != r.result_hash => {
+                self.equivocations.entry(r.worker).or_insert(r.unit);
+            }
+            Some(_) => {}
+            None => {
+                per_unit.insert(r.worker, r);
+            }
+        }
+    }
+
+    /// Verifies a commit/reveal pair and adds it.
+    pub fn add_signed(
+        &mut self,
+        commit: &Signed<Commit>,
+        reveal: &Signed<Reveal>,
+    ) -> Result<(), EvidenceError> {
+        let c = commit.verify().map_err(|source| EvidenceError::Signature {
+            record: "commit",
+            source,
+        })?;
+        let r = reveal.verify().map_err(|source| EvidenceError::Signature {
+            record: "reveal",
+            source,
+        })?;
+        if commit.signer() != reveal.signer() {
+            return Err(EvidenceError::SignerMismatch);
+        }
+        if c.unit != r.unit {
+            return Err(EvidenceError::UnitMismatch);
+        }
+        let worker = reveal.signer();
+        if seal(&r.result_hash, &worker, &r.unit) != c.seal {
+            return Err(EvidenceError::SealMismatch);
+        }
+        self.add_reveal(RevealEvidence {
+            worker,
+            unit: r.unit,
+            result_hash: r.result_hash,
+            fuel_used: r.fuel_used,
+        });
+        Ok(())
+    }
+
+    /// Adds the owner's answers to planted spot checks, after checking they
+    /// are signed by `owner` (the trust anchor).
+    pub fn add_spot_check_key(
+        &mut self,
+        key: &Signed<SpotCheckKey>,
+        owner: &SignerKey,
+    ) -> Result<(), EvidenceError> {
+        if key.signer() != *owner {
+            return Err(EvidenceError::NotOwner);
+        }
+        let k = key.verify().map_err(|source| EvidenceError::Signature {
+            record: "spot-check key",
+            source,
+        })?;
+        for (index, hash) in k.answers {
+            self.known.insert(
+                UnitRef {
+                    project: k.project,
+                    index,
+                },
+                hash,
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds a known answer directly (trusted input, e.g. the simulator's
+    /// owner or a researcher's own re-execution).
+    pub fn add_known_answer(&mut self, unit: UnitRef, result_hash: ContentId) {
+        self.known.insert(unit, result_hash);
+    }
+
+    /// Every unit with at least one result.
+    pub fn units(&self) -> impl Iterator<Item = &UnitRef> {
+        self.reveals.keys()
+    }
+
+    /// The results revealed for `unit`.
+    pub fn reveals_for(&self, unit: &UnitRef) -> impl Iterator<Item = &RevealEvidence> {
+        self.reveals.get(unit).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Whether `unit` is a planted spot check with a known answer.
+    pub fn known_answer(&self, unit: &UnitRef) -> Option<&ContentId> {
+        self.known.get(unit)
+    }
+
+    /// Total number of results held.
+    pub fn len(&self) -> usize {
+        self.reveals.values().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reveals.is_empty()
+    }
+}
+
+/// What a unit still needs, when it is not validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Fewer than `quorum` agreeing non-faulty results.
+    MoreReplicas,
+    /// Enough agreeing results, but none from a veteran: probation.
+    VeteranReplica,
+    /// Conflicting results: more replicas until one side clearly wins.
+    DisputeReplicas,
+}
+
+/// The verdict on one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Validated {
+        result_hash: ContentId,
+        /// The agreeing non-faulty workers, in key order.
+        workers: Vec<SignerKey>,
+    },
+    Pending {
+        need: Need,
+        /// Non-faulty results held now.
+        have: usize,
+    },
+}
+
+impl Verdict {
+    pub fn is_validated(&self) -> bool {
+        matches!(self, Verdict::Validated { .. })
+    }
+}
+
+/// The result of [`validate`].
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub verdicts: BTreeMap<UnitRef, Verdict>,
+    pub faulty: BTreeMap<SignerKey, Fault>,
+    /// Corroborated results per non-faulty worker.
+    pub standing: BTreeMap<SignerKey, u32>,
+}
+
+impl Outcome {
+    /// Whether `worker` counts as a veteran under `policy`.
+    pub fn is_veteran(&self, worker: &SignerKey, policy: &ValidationPolicy) -> bool {
+        !self.faulty.contains_key(worker)
+            && self.standing.get(worker).copied().unwrap_or(0) >= policy.probation
+    }
+
+    /// Validated units.
+    pub fn validated(&self) -> impl Iterator<Item = (&UnitRef, &ContentId)> {
+        self.verdicts.iter().filter_map(|(u, v)| match v {
+            Verdict::Validated { result_hash, .. } => Some((u, result_hash)),
+            Verdict::Pending { .. } => None,
+        })
+    }
+}
+
+/// Groups a unit's non-faulty results by result hash.
+fn groups<'a>(
+    reveals: &'a BTreeMap<SignerKey, RevealEvidence>,
+    faulty: &BTreeMap<SignerKey, Fault>,
+) -> BTreeMap<ContentId, Vec<&'a SignerKey>> {
+    let mut g: BTreeMap<ContentId, Vec<&SignerKey>> = BTreeMap::new();
+    for (w, r) in reveals {
+        if !faulty.contains_key(w) {
+            g.entry(r.result_hash).or_default().push(w);
+        }
+    }
+    g
+}
+
+/// Decides every unit in `evidence`. Pure and deterministic.
+pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
+    let quorum = usize::from(policy.quorum.max(1));
+    let mut faulty: BTreeMap<SignerKey, Fault> = evidence
+        .equivocations
+        .iter()
+        .map(|(w, u)| (*w, Fault::Equivocated(*u)))
+        .collect();
+
+    // Spot checks do not depend on anything else: apply them once.
+    for (unit, known) in &evidence.known {
+        for r in evidence.reveals_for(unit) {
+            if r.result_hash != *known {
+                faulty
+                    .entry(r.worker)
+                    .or_insert(Fault::FailedSpotCheck(*unit));
+            }
+        }
+    }
+
+    // Fixpoint: each new fault removes results, which changes standing and
+    // verdicts, which may settle disputes and prove more faults.
+    loop {
+        let standing = standing(evidence, &faulty);
+        let veteran = |w: &SignerKey| standing.get(w).copied().unwrap_or(0) >= policy.probation;
+        let mut verdicts = BTreeMap::new();
+        let mut new_faults: Vec<(SignerKey, Fault)> = Vec::new();
+
+        for (unit, reveals) in &evidence.reveals {
+            let g = groups(reveals, &faulty);
+            let have: usize = g.values().map(|v| v.len()).sum();
+            let verdict = if let Some(known) = evidence.known.get(unit) {
+                // A spot check: its answer is known; the agreeing workers
+                // are recorded (their standing already counts it).
+                Verdict::Validated {
+                    result_hash: *known,
+                    workers: g
+                        .get(known)
+                        .map(|v| v.iter().map(|w| **w).collect())
+                        .unwrap_or_default(),
+                }
+            } else if g.len() <= 1 {
+                match g.iter().next() {
+                    None => Verdict::Pending {
+                        need: Need::MoreReplicas,
+                        have,
+                    },
+                    Some((_, ws)) if ws.len() < quorum => Verdict::Pending {
+                        need: Need::MoreReplicas,
+                        have,
+                    },
+                    Some((_, ws)) if !ws.iter().any(|w| veteran(w)) => Verdict::Pending {
+                        need: Need::VeteranReplica,
+                        have,
+                    },
+                    Some((hash, ws)) => Verdict::Validated {
+                        result_hash: *hash,
+                        workers: ws.iter().map(|w| **w).collect(),
+                    },
+                }
+            } else {
+                match settle_dispute(&g, &veteran, quorum) {
+                    Some(winner) => {
+                        for (hash, ws) in &g {
+                            if *hash != winner {
+                                new_faults.extend(ws.iter().map(|w| (**w, Fault::Outvoted(*unit))));
+                            }
+                        }
+                        Verdict::Validated {
+                            result_hash: winner,
+                            workers: g
+                                .get(&winner)
+                                .map(|v| v.iter().map(|w| **w).collect())
+                                .unwrap_or_default(),
+                        }
+                    }
+                    None => Verdict::Pending {
+                        need: Need::DisputeReplicas,
+                        have,
+                    },
+                }
+            };
+            verdicts.insert(*unit, verdict);
+        }
+
+        let mut changed = false;
+        for (w, f) in new_faults {
+            if let std::collections::btree_map::Entry::Vacant(e) = faulty.entry(w) {
+                e.insert(f);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Outcome {
+                verdicts,
+                faulty,
+                standing,
+            };
+        }
+    }
+}
+
+/// The winning result of a dispute, if one side clearly wins.
+fn settle_dispute(
+    g: &BTreeMap<ContentId, Vec<&SignerKey>>,
+    veteran: &impl Fn(&SignerKey) -> bool,
+    quorum: usize,
+) -> Option<ContentId> {
+    let vets = |ws: &Vec<&SignerKey>| ws.iter().filter(|w| veteran(w)).count();
+    // Rank by (veterans, members); the leader must beat the runner-up.
+    let mut ranked: Vec<(usize, usize, ContentId)> =
+        g.iter().map(|(h, ws)| (vets(ws), ws.len(), *h)).collect();
+    ranked.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    let (lead_vets, lead_n, lead) = *ranked.first()?;
+    let (second_vets, second_n, _) = *ranked.get(1)?;
+    let by_members = lead_vets >= 1 && lead_n >= second_n + 2 && lead_n >= quorum;
+    let by_veterans = lead_vets >= 2 && second_vets == 0 && lead_n >= quorum;
+    (by_members || by_veterans).then_some(lead)
+}
+
+/// Corroborated results per non-faulty worker: units where another
+/// non-faulty worker revealed the same result and no non-faulty worker
+/// revealed a different one, plus spot checks answered correctly.
+fn standing(evidence: &Evidence, faulty: &BTreeMap<SignerKey, Fault>) -> BTreeMap<SignerKey, u32> {
+    let mut s: BTreeMap<SignerKey, u32> = BTreeMap::new();
+    for (unit, reveals) in &evidence.reveals {
+        let g = groups(reveals, faulty);
+        if let Some(known) = evidence.known.get(unit) {
+            for w in g.get(known).into_iter().flatten() {
+                *s.entry(**w).or_default() += 1;
+            }
+            continue;
+        }
+        if g.len() == 1 {
+            if let Some(ws) = g.values().next() {
+                if ws.len() >= 2 {
+                    for w in ws {
+                        *s.entry(**w).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    s
+}
