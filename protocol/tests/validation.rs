@@ -31,10 +31,7 @@ fn reveal(ev: &mut Evidence, worker: u8, u: u64, result: &str) {
     });
 }
 
-const Q2: ValidationPolicy = ValidationPolicy {
-    quorum: 2,
-    probation: 0,
-};
+const Q2: ValidationPolicy = ValidationPolicy::quorum(2);
 
 #[test]
 fn quorum_of_matching_results_validates() {
@@ -73,16 +70,19 @@ fn dispute_needs_replicas_then_settles_and_proves_the_minority_faulty() {
         }
     );
     reveal(&mut ev, 3, 0, "ok");
-    // 2 veterans vs 1 veteran: not yet clear (lead must be by two, or
+    // 2 vs 1: not yet clear (the lead must be by the dispute margin, or
     // veterans only on one side).
     assert!(!validate(&ev, &Q2).verdicts[&unit(0)].is_validated());
     reveal(&mut ev, 4, 0, "ok");
+    // 3 vs 1: a lead of two is not yet the default margin of three.
+    assert!(!validate(&ev, &Q2).verdicts[&unit(0)].is_validated());
+    reveal(&mut ev, 5, 0, "ok");
     let out = validate(&ev, &Q2);
     assert_eq!(
         out.verdicts[&unit(0)],
         Verdict::Validated {
             result_hash: res("ok"),
-            workers: vec![w(1), w(3), w(4)]
+            workers: vec![w(1), w(3), w(4), w(5)]
         }
     );
     assert_eq!(out.faulty.get(&w(2)), Some(&Fault::Outvoted(unit(0))));
@@ -116,9 +116,9 @@ fn a_failed_spot_check_backtracks_every_unit_the_worker_validated() {
         );
     }
     // An honest replica now disagrees with 8 and, with a second, settles it.
-    reveal(&mut ev, 1, 0, "right");
-    reveal(&mut ev, 2, 0, "right");
-    reveal(&mut ev, 3, 0, "right");
+    for honest in 1..=4 {
+        reveal(&mut ev, honest, 0, "right");
+    }
     let out = validate(&ev, &Q2);
     assert_eq!(out.faulty.get(&w(8)), Some(&Fault::Outvoted(unit(0))));
     assert!(
@@ -139,6 +139,7 @@ fn new_identities_are_on_probation_until_corroborated() {
     let policy = ValidationPolicy {
         quorum: 1,
         probation: 2,
+        dispute_margin: 3,
     };
     let mut ev = Evidence::new();
     reveal(&mut ev, 1, 0, "a");
@@ -249,7 +250,7 @@ proptest! {
         quorum in 1u16..4,
         probation in 0u32..3,
     ) {
-        let policy = ValidationPolicy { quorum, probation };
+        let policy = ValidationPolicy { quorum, probation, dispute_margin: 3 };
         let mut a = Evidence::new();
         for (worker, u, r) in &reveals {
             reveal(&mut a, *worker, *u, &format!("r{r}"));
