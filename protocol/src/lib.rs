@@ -17,6 +17,7 @@ pub mod messages;
 pub mod signed;
 pub mod validation;
 pub mod assignment;
+pub mod project;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use content_id::{ContentId, ParseContentIdError};

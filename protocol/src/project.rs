@@ -1,0 +1,565 @@
+//! The per-project state machine every node runs, sans-IO.
+//!
+//! A node feeds it the records it hears (gossip or pull-sync) and asks it
+//! what to do: which unit to compute next, when a commit may be opened, what
+//! is validated. Time (`now_ms`) and private randomness (`draw`) are handed
+//! in, so the same code runs in a node, in tests and in a simulator.
+//!
+//! Commit-reveal: a worker gossips a Commit (seal) when it has computed, and
+//! the Reveal only once `quorum` distinct workers have committed to the unit,
+//! so nobody can copy a result it has not seen. Hidden audits claim nothing:
+//! an auditor picks, with private randomness, a unit that already has
+//! commits, so the worker being audited has committed before any sign of the
+//! audit exists.
+
+use std::collections::BTreeMap;
+
+use libp2p_identity::Keypair;
+
+use crate::assignment;
+use crate::content_id::ContentId;
+use crate::messages::{
+    Batch, Claim, Commit, Data, Gossip, ProjectId, ProjectManifest, Reveal, SpotCheckKey, UnitRef,
+    UnitSpec, seal,
+};
+use crate::signed::{SignError, Signed, SignerKey, VerifyError};
+use crate::validation::{Evidence, Need, Outcome, ValidationPolicy, Verdict, validate};
+
+/// At most this many workers' records are kept per unit, so a flood of
+/// claims from Sybils cannot grow memory without bound.
+pub const MAX_WORKERS_PER_UNIT: usize = 64;
+
+/// Why a record was not applied to a project.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is for project {found}, not {expected}")]
+    WrongProject {
+        expected: ContentId,
+        found: ContentId,
+    },
+    #[error("record must be signed by the project owner")]
+    NotOwner,
+    #[error("bad signature: {0}")]
+    Signature(#[from] VerifyError),
+    #[error("unit {0} is not in any batch of this project (yet)")]
+    UnknownUnit(u64),
+    #[error("batch {0} was already received with different contents")]
+    ConflictingBatch(u32),
+    #[error("batch lists unit {0} twice or it is already in another batch")]
+    DuplicateUnit(u64),
+    #[error("the reveal does not open this worker's commit: the result changed after committing")]
+    SealMismatch,
+    #[error("the revealed output does not hash to the revealed result")]
+    OutputMismatch,
+    #[error("unit {0} already has records from {MAX_WORKERS_PER_UNIT} workers")]
+    UnitFull(u64),
+    #[error("announcements are handled by the node, not the project state")]
+    NotAProjectRecord,
+}
+
+/// Whether a record was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    New,
+    Duplicate,
+}
+
+/// Something for this worker to compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkOrder {
+    pub unit: UnitRef,
+    pub input: Data,
+    /// A hidden audit: computed like any replica, but claimed by nobody.
+    pub audit: bool,
+    /// The sandbox's deterministic random seed for this unit.
+    pub seed: ContentId,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UnitRecords {
+    claims: BTreeMap<SignerKey, Signed<Claim>>,
+    claim_expiry: BTreeMap<SignerKey, u64>,
+    commits: BTreeMap<SignerKey, Signed<Commit>>,
+    reveals: BTreeMap<SignerKey, Signed<Reveal>>,
+}
+
+impl UnitRecords {
+    fn workers(&self) -> usize {
+        let mut n = self.claims.len();
+        n += self
+            .commits
+            .keys()
+            .filter(|w| !self.claims.contains_key(w))
+            .count();
+        n
+    }
+
+    fn involves(&self, w: &SignerKey) -> bool {
+        self.claims.contains_key(w) || self.commits.contains_key(w)
+    }
+}
+
+/// One project as this node knows it.
+#[derive(Debug, Clone)]
+pub struct ProjectState {
+    id: ProjectId,
+    owner: SignerKey,
+    manifest: ProjectManifest,
+    policy: ValidationPolicy,
+    batches: BTreeMap<u32, Signed<Batch>>,
+    seeds: BTreeMap<u32, [u8; 32]>,
+    specs: BTreeMap<u64, (u32, UnitSpec)>,
+    units: BTreeMap<u64, UnitRecords>,
+    spot_check_keys: Vec<Signed<SpotCheckKey>>,
+    outcome: Option<Outcome>,
+    /// Preference order cache: (worker, unit indices in rank order).
+    order: Option<(SignerKey, Vec<u64>)>,
+}
+
+impl ProjectState {
+    /// Starts tracking the project whose signed manifest is `manifest`.
+    pub fn new(manifest: &Signed<ProjectManifest>, probation: u32) -> Result<Self, RecordError> {
+        let m = manifest.verify()?;
+        let policy = ValidationPolicy {
+            quorum: m.policy.quorum.max(1),
+            probation,
+            ..ValidationPolicy::default()
+        };
+        Ok(Self {
+            id: manifest.id(),
+            owner: manifest.signer(),
+            manifest: m,
+            policy,
+            batches: BTreeMap::new(),
+            seeds: BTreeMap::new(),
+            specs: BTreeMap::new(),
+            units: BTreeMap::new(),
+            spot_check_keys: Vec::new(),
+            outcome: None,
+            order: None,
+        })
+    }
+
+    pub fn id(&self) -> ProjectId {
+        self.id
+    }
+
+    pub fn owner(&self) -> SignerKey {
+        self.owner
+    }
+
+    pub fn manifest(&self) -> &ProjectManifest {
+        &self.manifest
+    }
+
+    pub fn policy(&self) -> &ValidationPolicy {
+        &self.policy
+    }
+
+    /// Number of units across all batches received.
+    pub fn unit_count(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// The unit spec of `index`, if its batch has been received.
+    pub fn unit(&self, index: u64) -> Option<&UnitSpec> {
+        self.specs.get(&index).map(|(_, s)| s)
+    }
+
+    /// Adds an owner-signed batch of units.
+    pub fn add_batch(&mut self, batch: &Signed<Batch>) -> Result<Applied, RecordError> {
+        if batch.signer() != self.owner {
+            return Err(RecordError::NotOwner);
+        }
+        let b = batch.verify()?;
+        if b.project != self.id {
+            return Err(RecordError::WrongProject {
+                expected: self.id,
+                found: b.project,
+            });
+        }
+        if let Some(existing) = self.batches.get(&b.seq) {
+            return if existing == batch {
+                Ok(Applied::Duplicate)
+            } else {
+                Err(RecordError::ConflictingBatch(b.seq))
+            };
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &b.units {
+            if !seen.insert(u.index) || self.specs.contains_key(&u.index) {
+                return Err(RecordError::DuplicateUnit(u.index));
+            }
+        }
+        for u in b.units {
+            self.specs.insert(u.index, (b.seq, u));
+        }
+        self.seeds.insert(b.seq, b.seed);
+        self.batches.insert(b.seq, batch.clone());
+        self.order = None;
+        self.outcome = None;
+        Ok(Applied::New)
+    }
+
+    fn check_unit(&self, unit: &UnitRef) -> Result<(), RecordError> {
+        if unit.project != self.id {
+            return Err(RecordError::WrongProject {
+                expected: self.id,
+                found: unit.project,
+            });
+        }
+        if !self.specs.contains_key(&unit.index) {
+            return Err(RecordError::UnknownUnit(unit.index));
+        }
+        Ok(())
+    }
+
+    fn records_mut(
+        &mut self,
+        unit: &UnitRef,
+        worker: &SignerKey,
+    ) -> Result<&mut UnitRecords, RecordError> {
+        let recs = self.units.entry(unit.index).or_default();
+        if !recs.involves(worker) && recs.workers() >= MAX_WORKERS_PER_UNIT {
+            return Err(RecordError::UnitFull(unit.index));
+        }
+        Ok(recs)
+    }
+
+    /// Applies a gossiped or synced record: verifies its signature and that
+    /// it fits this project, then stores it. Idempotent.
+    pub fn apply(&mut self, record: &Gossip) -> Result<Applied, RecordError> {
+        match record {
+            Gossip::Announce(_) => Err(RecordError::NotAProjectRecord),
+            Gossip::Claim(s) => {
+                let c = s.verify()?;
+                self.check_unit(&c.unit)?;
+                let w = s.signer();
+                let recs = self.records_mut(&c.unit, &w)?;
+                let newer = recs
+                    .claim_expiry
+                    .get(&w)
+                    .is_none_or(|e| c.lease_until_ms > *e);
+                if !newer {
+                    return Ok(Applied::Duplicate);
+                }
+                recs.claims.insert(w, s.clone());
+                recs.claim_expiry.insert(w, c.lease_until_ms);
+                Ok(Applied::New)
+            }
+            Gossip::Commit(s) => {
+                let c = s.verify()?;
+                self.check_unit(&c.unit)?;
+                let w = s.signer();
+                let recs = self.records_mut(&c.unit, &w)?;
+                if recs.commits.contains_key(&w) {
+                    // A second, different commit is equivocation; the first
+                    // one stands and the reveal must open it.
+                    return Ok(Applied::Duplicate);
+                }
+                recs.commits.insert(w, s.clone());
+                self.outcome = None;
+                Ok(Applied::New)
+            }
+            Gossip::Reveal(s) => {
+                let r = s.verify()?;
+                self.check_unit(&r.unit)?;
+                let w = s.signer();
+                let recs = self.records_mut(&r.unit, &w)?;
+                if let Some(commit) = recs.commits.get(&w) {
+                    let c = commit.verify()?;
+                    if seal(&r.result_hash, &w, &r.unit) != c.seal {
+                        return Err(RecordError::SealMismatch);
+                    }
+                }
+                if r.output.content_id() != r.result_hash {
+                    return Err(RecordError::OutputMismatch);
+                }
+                if recs.reveals.contains_key(&w) {
+                    return Ok(Applied::Duplicate);
+                }
+                recs.reveals.insert(w, s.clone());
+                self.outcome = None;
+                Ok(Applied::New)
+            }
+            Gossip::SpotCheckKey(s) => {
+                if s.signer() != self.owner {
+                    return Err(RecordError::NotOwner);
+                }
+                let k = s.verify()?;
+                if k.project != self.id {
+                    return Err(RecordError::WrongProject {
+                        expected: self.id,
+                        found: k.project,
+                    });
+                }
+                if self.spot_check_keys.contains(s) {
+                    return Ok(Applied::Duplicate);
+                }
+                self.spot_check_keys.push(s.clone());
+                self.outcome = None;
+                Ok(Applied::New)
+            }
+        }
+    }
+
+    /// Every record held, for pull-sync and results bundles: batches first,
+    /// then per unit claims, commits, reveals; then spot-check keys.
+    pub fn records(&self) -> Vec<Gossip> {
+        let mut out = Vec::new();
+        for recs in self.units.values() {
+            out.extend(recs.claims.values().cloned().map(Gossip::Claim));
+            out.extend(recs.commits.values().cloned().map(Gossip::Commit));
+            out.extend(recs.reveals.values().cloned().map(Gossip::Reveal));
+        }
+        out.extend(
+            self.spot_check_keys
+                .iter()
+                .cloned()
+                .map(Gossip::SpotCheckKey),
+        );
+        out
+    }
+
+    /// The signed batches, by sequence number.
+    pub fn batches(&self) -> impl Iterator<Item = &Signed<Batch>> {
+        self.batches.values()
+    }
+
+    /// The evidence: every commit/reveal pair that opens correctly, plus the
+    /// owner's spot-check answers.
+    pub fn evidence(&self) -> Evidence {
+        let mut ev = Evidence::new();
+        for recs in self.units.values() {
+            for (w, reveal) in &recs.reveals {
+                if let Some(commit) = recs.commits.get(w) {
+                    // Pairs were checked on arrival; re-checking here keeps
+                    // this function correct on its own.
+                    let _ = ev.add_signed(commit, reveal);
+                }
+            }
+        }
+        for k in &self.spot_check_keys {
+            let _ = ev.add_spot_check_key(k, &self.owner);
+        }
+        ev
+    }
+
+    /// The current verdicts (recomputed only when records changed).
+    pub fn outcome(&mut self) -> &Outcome {
+        if self.outcome.is_none() {
+            self.outcome = Some(validate(&self.evidence(), &self.policy));
+        }
+        // Just set above when missing.
+        self.outcome.get_or_insert_with(Outcome::default)
+    }
+
+    /// Whether every unit received so far is validated.
+    pub fn is_complete(&mut self) -> bool {
+        let id = self.id;
+        let indices: Vec<u64> = self.specs.keys().copied().collect();
+        let outcome = self.outcome();
+        !indices.is_empty()
+            && indices.iter().all(|i| {
+                outcome
+                    .verdicts
+                    .get(&UnitRef {
+                        project: id,
+                        index: *i,
+                    })
+                    .is_some_and(|v| v.is_validated())
+            })
+    }
+
+    /// How many more replicas `index` needs right now, counting live claims
+    /// and commits still waiting to be revealed as in flight.
+    fn open_slots(&self, index: u64, outcome: &Outcome, now_ms: u64) -> usize {
+        let quorum = usize::from(self.policy.quorum);
+        let recs = self.units.get(&index);
+        let in_flight = recs.map_or(0, |r| {
+            let live_claims = r
+                .claim_expiry
+                .iter()
+                .filter(|(w, exp)| **exp > now_ms && !r.commits.contains_key(*w))
+                .count();
+            let unrevealed = r
+                .commits
+                .keys()
+                .filter(|w| !r.reveals.contains_key(*w))
+                .count();
+            live_claims + unrevealed
+        });
+        let wanted = match outcome.verdicts.get(&UnitRef {
+            project: self.id,
+            index,
+        }) {
+            None => quorum,
+            Some(Verdict::Validated { .. }) => 0,
+            Some(Verdict::Pending {
+                need: Need::MoreReplicas,
+                have,
+            }) => quorum.saturating_sub(*have).max(1),
+            Some(Verdict::Pending { .. }) => 1,
+        };
+        let total = recs.map_or(0, |r| r.workers());
+        if total >= usize::from(self.manifest.policy.max_replicas.max(self.policy.quorum)) {
+            return 0;
+        }
+        wanted.saturating_sub(in_flight)
+    }
+
+    /// The next unit `me` should compute, if any. `draw` is fresh private
+    /// randomness (it decides hidden audits and must not be derived from
+    /// anything public).
+    pub fn next_work(&mut self, me: &SignerKey, now_ms: u64, draw: u32) -> Option<WorkOrder> {
+        if self.order.as_ref().is_none_or(|(w, _)| w != me) {
+            let mut ranked: Vec<(u64, u64)> = self
+                .specs
+                .iter()
+                .filter_map(|(i, (seq, _))| {
+                    let seed = self.seeds.get(seq)?;
+                    Some((
+                        assignment::rank(
+                            seed,
+                            &UnitRef {
+                                project: self.id,
+                                index: *i,
+                            },
+                            me,
+                        ),
+                        *i,
+                    ))
+                })
+                .collect();
+            ranked.sort_unstable();
+            self.order = Some((*me, ranked.into_iter().map(|(_, i)| i).collect()));
+        }
+        let outcome = self.outcome().clone();
+        let veteran = outcome.is_veteran(me, &self.policy);
+        let order = self
+            .order
+            .as_ref()
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
+        for index in &order {
+            let recs = self.units.get(index);
+            if recs.is_some_and(|r| r.involves(me)) {
+                continue;
+            }
+            let unit = UnitRef {
+                project: self.id,
+                index: *index,
+            };
+            let needs_veteran = matches!(
+                outcome.verdicts.get(&unit),
+                Some(Verdict::Pending {
+                    need: Need::VeteranReplica,
+                    ..
+                })
+            );
+            if needs_veteran && !veteran {
+                continue;
+            }
+            let slots = self.open_slots(*index, &outcome, now_ms);
+            let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
+            if slots > 0 || auditable {
+                let spec = self.specs.get(index)?;
+                return Some(WorkOrder {
+                    unit,
+                    input: spec.1.input.clone(),
+                    audit: slots == 0,
+                    seed: assignment::unit_seed(&unit),
+                });
+            }
+        }
+        None
+    }
+
+    /// A signed claim on `order`'s unit for one lease, to apply and gossip.
+    /// Audits are never claimed.
+    pub fn claim(
+        &self,
+        keypair: &Keypair,
+        order: &WorkOrder,
+        now_ms: u64,
+    ) -> Result<Option<Signed<Claim>>, SignError> {
+        if order.audit {
+            return Ok(None);
+        }
+        let slot = self.units.get(&order.unit.index).map_or(0, |r| r.workers()) as u16;
+        let claim = Claim {
+            unit: order.unit,
+            slot,
+            lease_until_ms: now_ms.saturating_add(self.manifest.policy.lease_ms),
+        };
+        Signed::sign(keypair, &claim).map(Some)
+    }
+
+    /// The commit for a computed output, and the reveal to hold back until
+    /// [`ProjectState::may_reveal`] says so.
+    pub fn commit(
+        &self,
+        keypair: &Keypair,
+        unit: UnitRef,
+        output: Data,
+        fuel_used: u64,
+        engine: &str,
+    ) -> Result<(Signed<Commit>, Signed<Reveal>), SignError> {
+        let me = SignerKey::of(keypair)?;
+        let result_hash = output.content_id();
+        let commit = Commit {
+            unit,
+            seal: seal(&result_hash, &me, &unit),
+        };
+        let reveal = Reveal {
+            unit,
+            result_hash,
+            output,
+            fuel_used,
+            engine: engine.to_owned(),
+        };
+        Ok((
+            Signed::sign(keypair, &commit)?,
+            Signed::sign(keypair, &reveal)?,
+        ))
+    }
+
+    /// Whether a commit on `unit` may now be opened: `quorum` distinct
+    /// workers have committed, so every visible replica is bound.
+    pub fn may_reveal(&self, unit: &UnitRef) -> bool {
+        self.units
+            .get(&unit.index)
+            .is_some_and(|r| r.commits.len() >= usize::from(self.policy.quorum))
+    }
+
+    /// Validated units: (index, result hash, the output as revealed, the
+    /// agreeing workers).
+    pub fn validated(&mut self) -> Vec<(u64, ContentId, Data, Vec<SignerKey>)> {
+        let id = self.id;
+        let verdicts = self.outcome().verdicts.clone();
+        let mut out = Vec::new();
+        for (unit, v) in verdicts {
+            if unit.project != id {
+                continue;
+            }
+            if let Verdict::Validated {
+                result_hash,
+                workers,
+            } = v
+            {
+                let output = self.units.get(&unit.index).and_then(|r| {
+                    workers
+                        .iter()
+                        .find_map(|w| r.reveals.get(w))
+                        .and_then(|s| s.verify().ok())
+                        .map(|rv| rv.output)
+                });
+                if let Some(output) = output {
+                    out.push((unit.index, result_hash, output, workers));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,323 @@
+//! The per-project state machine driven by several in-memory workers with
+//! real keys and signatures: assignment, claims, commit-before-reveal,
+//! validation, a saboteur proven faulty, and hostile records rejected.
+
+use formic_protocol::messages::*;
+use formic_protocol::project::{Applied, ProjectState, RecordError};
+use formic_protocol::{ContentId, Signed, SignerKey};
+use libp2p_identity::Keypair;
+
+const LEASE_MS: u64 = 10_000;
+
+fn project(
+    owner: &Keypair,
+    units: u64,
+    quorum: u16,
+    max_replicas: u16,
+) -> (Signed<ProjectManifest>, Signed<Batch>) {
+    let manifest = ProjectManifest {
+        name: "reverse".into(),
+        app: BlobRef::of(b"app"),
+        limits: Limits {
+            fuel_per_unit: 1_000_000,
+            memory_bytes: 1 << 20,
+            max_output_bytes: 1024,
+            wall_clock_ms: 1000,
+        },
+        policy: Policy {
+            quorum,
+            max_replicas,
+            lease_ms: LEASE_MS,
+            audit_rate_ppm: 0,
+        },
+        created_at_ms: 0,
+    };
+    let m = Signed::sign(owner, &manifest).expect("sign");
+    let batch = Batch {
+        project: m.id(),
+        seq: 0,
+        seed: [42; 32],
+        units: (0..units)
+            .map(|i| UnitSpec {
+                index: i,
+                input: Data::Inline(format!("unit-{i}").into_bytes()),
+            })
+            .collect(),
+    };
+    let b = Signed::sign(owner, &batch).expect("sign");
+    (m, b)
+}
+
+/// The "app": reverse the input bytes.
+fn compute(input: &Data) -> Vec<u8> {
+    match input {
+        Data::Inline(b) => b.iter().rev().copied().collect(),
+        Data::Blob(_) => unreachable!("inline inputs only in this test"),
+    }
+}
+
+struct Worker {
+    key: Keypair,
+    state: ProjectState,
+    wrong: bool,
+    held: Vec<Signed<Reveal>>,
+}
+
+/// Delivers `record` to every worker (perfect gossip).
+fn broadcast(workers: &mut [Worker], record: &Gossip) {
+    for w in workers.iter_mut() {
+        let _ = w.state.apply(record);
+    }
+}
+
+fn run(workers: &mut [Worker], rounds: usize) {
+    let mut now = 0;
+    for _ in 0..rounds {
+        now += 100;
+        for i in 0..workers.len() {
+            let me = SignerKey::of(&workers[i].key).expect("ed25519");
+            let draw = (i as u32).wrapping_mul(2_654_435_761);
+            if let Some(order) = workers[i].state.next_work(&me, now, draw) {
+                if let Some(claim) = workers[i]
+                    .state
+                    .claim(&workers[i].key, &order, now)
+                    .expect("claim")
+                {
+                    broadcast(workers, &Gossip::Claim(claim));
+                }
+                let mut out = compute(&order.input);
+                if workers[i].wrong {
+                    out = b"colluding wrong answer".to_vec();
+                }
+                let (commit, reveal) = workers[i]
+                    .state
+                    .commit(
+                        &workers[i].key,
+                        order.unit,
+                        Data::for_bytes(&out),
+                        7,
+                        "test",
+                    )
+                    .expect("commit");
+                broadcast(workers, &Gossip::Commit(commit));
+                workers[i].held.push(reveal);
+            }
+            // Open every held commit whose unit has a quorum of commits.
+            let held = std::mem::take(&mut workers[i].held);
+            for r in held {
+                let unit = r.verify().expect("own reveal").unit;
+                if workers[i].state.may_reveal(&unit) {
+                    broadcast(workers, &Gossip::Reveal(r));
+                } else {
+                    workers[i].held.push(r);
+                }
+            }
+        }
+    }
+}
+
+fn setup(
+    n: usize,
+    wrong: &[usize],
+    units: u64,
+    quorum: u16,
+    max_replicas: u16,
+) -> (Keypair, Vec<Worker>) {
+    let owner = Keypair::generate_ed25519();
+    let (m, b) = project(&owner, units, quorum, max_replicas);
+    let workers = (0..n)
+        .map(|i| {
+            let mut state = ProjectState::new(&m, 0).expect("manifest");
+            assert_eq!(state.add_batch(&b), Ok(Applied::New));
+            Worker {
+                key: Keypair::generate_ed25519(),
+                state,
+                wrong: wrong.contains(&i),
+                held: Vec::new(),
+            }
+        })
+        .collect();
+    (owner, workers)
+}
+
+#[test]
+fn honest_workers_validate_every_unit_with_quorum_two() {
+    let (_, mut workers) = setup(4, &[], 20, 2, 4);
+    run(&mut workers, 30);
+    for w in workers.iter_mut() {
+        assert!(
+            w.state.is_complete(),
+            "every worker sees all units validated"
+        );
+        let validated = w.state.validated();
+        assert_eq!(validated.len(), 20);
+        for (index, hash, output, agreeing) in validated {
+            let expected: Vec<u8> = format!("unit-{index}").bytes().rev().collect();
+            assert_eq!(hash, ContentId::of(&expected));
+            assert_eq!(output, Data::Inline(expected));
+            assert!(agreeing.len() >= 2);
+        }
+    }
+}
+
+#[test]
+fn a_saboteur_is_outvoted_proven_faulty_and_never_accepted() {
+    let (_, mut workers) = setup(7, &[0], 30, 2, 7);
+    run(&mut workers, 60);
+    let bad = SignerKey::of(&workers[0].key).expect("ed25519");
+    let state = &mut workers[1].state;
+    assert!(state.is_complete());
+    for (index, hash, _, agreeing) in state.validated() {
+        let expected: Vec<u8> = format!("unit-{index}").bytes().rev().collect();
+        assert_eq!(
+            hash,
+            ContentId::of(&expected),
+            "unit {index} accepted a wrong result"
+        );
+        assert!(!agreeing.contains(&bad));
+    }
+    assert!(
+        state.outcome().faulty.contains_key(&bad),
+        "the saboteur is proven faulty"
+    );
+}
+
+#[test]
+fn hostile_records_are_rejected_with_a_reason() {
+    let (owner, mut workers) = setup(2, &[], 3, 2, 4);
+    let other_owner = Keypair::generate_ed25519();
+    let (_, foreign_batch) = project(&other_owner, 3, 2, 4);
+    let w = &mut workers[0];
+    assert_eq!(
+        w.state.add_batch(&foreign_batch),
+        Err(RecordError::NotOwner)
+    );
+
+    let id = w.state.id();
+    let k = Keypair::generate_ed25519();
+    let unknown = Commit {
+        unit: UnitRef {
+            project: id,
+            index: 99,
+        },
+        seal: ContentId::of(b"x"),
+    };
+    assert_eq!(
+        w.state
+            .apply(&Gossip::Commit(Signed::sign(&k, &unknown).expect("sign"))),
+        Err(RecordError::UnknownUnit(99))
+    );
+
+    // A reveal that does not open the worker's own commit.
+    let unit = UnitRef {
+        project: id,
+        index: 0,
+    };
+    let (commit, _) = w
+        .state
+        .commit(&k, unit, Data::Inline(b"a".to_vec()), 1, "t")
+        .expect("commit");
+    let (_, other_reveal) = w
+        .state
+        .commit(&k, unit, Data::Inline(b"b".to_vec()), 1, "t")
+        .expect("commit");
+    assert_eq!(
+        w.state.apply(&Gossip::Commit(commit.clone())),
+        Ok(Applied::New)
+    );
+    assert_eq!(
+        w.state.apply(&Gossip::Commit(commit)),
+        Ok(Applied::Duplicate)
+    );
+    assert_eq!(
+        w.state.apply(&Gossip::Reveal(other_reveal)),
+        Err(RecordError::SealMismatch)
+    );
+
+    // A reveal whose output does not hash to its result.
+    let lying = Reveal {
+        unit,
+        result_hash: ContentId::of(b"a"),
+        output: Data::Inline(b"not a".to_vec()),
+        fuel_used: 1,
+        engine: "t".into(),
+    };
+    assert_eq!(
+        w.state
+            .apply(&Gossip::Reveal(Signed::sign(&k, &lying).expect("sign"))),
+        Err(RecordError::OutputMismatch)
+    );
+
+    // A spot-check key not from the owner.
+    let key = SpotCheckKey {
+        project: id,
+        batch_seq: 0,
+        answers: vec![],
+    };
+    assert_eq!(
+        w.state
+            .apply(&Gossip::SpotCheckKey(Signed::sign(&k, &key).expect("sign"))),
+        Err(RecordError::NotOwner)
+    );
+    assert_eq!(
+        w.state.apply(&Gossip::SpotCheckKey(
+            Signed::sign(&owner, &key).expect("sign")
+        )),
+        Ok(Applied::New)
+    );
+}
+
+#[test]
+fn a_worker_never_gets_a_unit_twice_and_leases_expire() {
+    let (_, mut workers) = setup(1, &[], 2, 2, 4);
+    let w = &mut workers[0];
+    let me = SignerKey::of(&w.key).expect("ed25519");
+    let first = w.state.next_work(&me, 0, 0).expect("work");
+    let claim = w
+        .state
+        .claim(&w.key, &first, 0)
+        .expect("claim")
+        .expect("not an audit");
+    w.state.apply(&Gossip::Claim(claim)).expect("apply");
+    let second = w.state.next_work(&me, 0, 0).expect("other unit");
+    assert_ne!(first.unit, second.unit, "never the same unit twice");
+
+    // Two live claims fill both slots of `second` (quorum 2): a third
+    // worker is sent elsewhere until the leases expire without commits.
+    let other = Keypair::generate_ed25519();
+    let c = w
+        .state
+        .claim(&other, &second, 0)
+        .expect("claim")
+        .expect("not an audit");
+    w.state.apply(&Gossip::Claim(c)).expect("apply");
+    let mine = w
+        .state
+        .claim(&w.key, &second, 0)
+        .expect("claim")
+        .expect("not an audit");
+    w.state.apply(&Gossip::Claim(mine)).expect("apply");
+    let third = SignerKey::of(&Keypair::generate_ed25519()).expect("ed25519");
+    let before = w
+        .state
+        .next_work(&third, 1, 0)
+        .expect("unit `first` is open");
+    assert_eq!(
+        before.unit, first.unit,
+        "`second` is full while its leases live"
+    );
+    let first_claim = w
+        .state
+        .claim(&Keypair::generate_ed25519(), &first, 1)
+        .expect("claim")
+        .expect("not an audit");
+    w.state.apply(&Gossip::Claim(first_claim)).expect("apply");
+    assert!(
+        w.state.next_work(&third, 2, 0).is_none(),
+        "every slot is claimed"
+    );
+    assert!(
+        w.state.next_work(&third, LEASE_MS + 10, 0).is_some(),
+        "expired leases free their slots"
+    );
+}
