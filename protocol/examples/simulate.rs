@@ -2,7 +2,10 @@
 //! (ε) and compute per useful unit (R) for each scheme, adversary share and
 //! strategy, on the real `validate()`.
 //!
-//! cargo run --release -p formic-protocol --example simulate -- [UNITS] [SEED]
+//! cargo run --release -p formic-protocol --example simulate -- [UNITS] [SEED] [FILTER]
+//!
+//! FILTER keeps only rows whose scheme, W, f or strategy text contains it
+//! (e.g. `probation`, `cheat once`).
 
 #[path = "../sim/engine.rs"]
 mod engine;
@@ -13,6 +16,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let units: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30_000);
     let seed: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
+    let filter: Option<String> = args.next();
     let schemes = [
         Scheme {
             name: "visible quorum 2 (voting)",
@@ -20,6 +24,7 @@ fn main() {
             audit_rate: 0.0,
             probation: 0,
             adversary_starts_veteran: true,
+            sybil_respawn: false,
         },
         Scheme {
             name: "1 visible + 50% hidden audits",
@@ -27,6 +32,7 @@ fn main() {
             audit_rate: 0.5,
             probation: 0,
             adversary_starts_veteran: true,
+            sybil_respawn: false,
         },
         Scheme {
             name: "1 visible + 100% hidden audits",
@@ -34,6 +40,7 @@ fn main() {
             audit_rate: 1.0,
             probation: 0,
             adversary_starts_veteran: true,
+            sybil_respawn: false,
         },
         Scheme {
             name: "1 + 50% audits, probation 2700 (fresh adversary)",
@@ -41,6 +48,7 @@ fn main() {
             audit_rate: 0.5,
             probation: 2700,
             adversary_starts_veteran: false,
+            sybil_respawn: true,
         },
         Scheme {
             name: "1 + 50% audits, probation 50 (fresh adversary)",
@@ -48,6 +56,7 @@ fn main() {
             audit_rate: 0.5,
             probation: 50,
             adversary_starts_veteran: false,
+            sybil_respawn: true,
         },
     ];
     println!(
@@ -66,6 +75,19 @@ fn main() {
                     &Strategy::ALL
                 };
                 for &strategy in strategies {
+                    let label = format!(
+                        "{} | {} | {} | {}",
+                        scheme.name,
+                        workers,
+                        f,
+                        strategy.name()
+                    );
+                    if filter
+                        .as_ref()
+                        .is_some_and(|flt| !label.contains(flt.as_str()))
+                    {
+                        continue;
+                    }
                     let r = simulate(Params {
                         workers,
                         adversary_fraction: f,

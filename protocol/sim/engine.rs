@@ -72,6 +72,10 @@ pub struct Scheme {
     /// Whether the adversary's identities start as veterans (it has already
     /// earned standing) or must earn it during the run.
     pub adversary_starts_veteran: bool,
+    /// Whether the adversary replaces each identity that is caught with a
+    /// fresh one (free Sybils). Off reproduces the reference Monte-Carlo of
+    /// docs/VALIDATION.md, where the adversary has a fixed set of identities.
+    pub sybil_respawn: bool,
 }
 
 /// One simulation run.
@@ -341,9 +345,9 @@ impl Sim {
         }
     }
 
-    /// Retires identities proven faulty; the adversary replaces each with a
-    /// fresh identity (Sybils are free), and so does an honest volunteer who
-    /// was wrongly blacklisted.
+    /// Retires identities proven faulty. An honest volunteer wrongly
+    /// blacklisted comes back as a new identity; the adversary does so only
+    /// when the scheme grants it free Sybils.
     fn retire_faulty(&mut self, faulty: &BTreeSet<SignerKey>) {
         let mut respawn = Vec::new();
         for w in self.workers.iter_mut() {
@@ -358,7 +362,9 @@ impl Sim {
             }
         }
         for adversary in respawn {
-            self.spawn(adversary, false);
+            if !adversary || self.p.scheme.sybil_respawn {
+                self.spawn(adversary, false);
+            }
         }
     }
 

@@ -284,36 +284,78 @@ impl Outcome {
     }
 }
 
-/// Groups a unit's non-faulty results by result hash.
-fn groups<'a>(
-    reveals: &'a BTreeMap<SignerKey, RevealEvidence>,
-    faulty: &BTreeMap<SignerKey, Fault>,
-) -> BTreeMap<ContentId, Vec<&'a SignerKey>> {
-    let mut g: BTreeMap<ContentId, Vec<&SignerKey>> = BTreeMap::new();
-    for (w, r) in reveals {
-        if !faulty.contains_key(w) {
-            g.entry(r.result_hash).or_default().push(w);
+/// One unit's results with workers interned as indices, so the fixpoint
+/// below compares integers instead of 32-byte keys.
+struct InternedUnit {
+    unit: UnitRef,
+    known: Option<ContentId>,
+    /// (worker index, result), in worker-key order.
+    reveals: Vec<(usize, ContentId)>,
+}
+
+/// Groups a unit's non-faulty results by result, in result order; workers
+/// in each group keep key order.
+fn groups(u: &InternedUnit, faulty: &[Option<Fault>]) -> Vec<(ContentId, Vec<usize>)> {
+    let mut g: Vec<(ContentId, Vec<usize>)> = Vec::new();
+    for (w, r) in &u.reveals {
+        if faulty[*w].is_some() {
+            continue;
+        }
+        match g.iter_mut().find(|(h, _)| h == r) {
+            Some((_, ws)) => ws.push(*w),
+            None => g.push((*r, vec![*w])),
         }
     }
+    g.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     g
 }
 
 /// Decides every unit in `evidence`. Pure and deterministic.
 pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
     let quorum = usize::from(policy.quorum.max(1));
-    let mut faulty: BTreeMap<SignerKey, Fault> = evidence
-        .equivocations
-        .iter()
-        .map(|(w, u)| (*w, Fault::Equivocated(*u)))
-        .collect();
+    let margin = usize::from(policy.dispute_margin.max(1));
 
+    // Intern every worker key once (key order, so indices are stable).
+    let mut all: std::collections::BTreeSet<SignerKey> =
+        evidence.prior_standing.keys().copied().collect();
+    all.extend(evidence.equivocations.keys().copied());
+    for per_unit in evidence.reveals.values() {
+        all.extend(per_unit.keys().copied());
+    }
+    let keys: Vec<SignerKey> = all.into_iter().collect();
+    let index_of = |k: &SignerKey| keys.binary_search(k).ok();
+    let units: Vec<InternedUnit> = evidence
+        .reveals
+        .iter()
+        .map(|(unit, per_unit)| InternedUnit {
+            unit: *unit,
+            known: evidence.known.get(unit).copied(),
+            reveals: per_unit
+                .iter()
+                .filter_map(|(k, r)| index_of(k).map(|i| (i, r.result_hash)))
+                .collect(),
+        })
+        .collect();
+    let mut prior = vec![0u32; keys.len()];
+    for (k, n) in &evidence.prior_standing {
+        if let Some(i) = index_of(k) {
+            prior[i] = *n;
+        }
+    }
+
+    let mut faulty: Vec<Option<Fault>> = vec![None; keys.len()];
+    for (k, u) in &evidence.equivocations {
+        if let Some(i) = index_of(k) {
+            faulty[i] = Some(Fault::Equivocated(*u));
+        }
+    }
     // Spot checks do not depend on anything else: apply them once.
-    for (unit, known) in &evidence.known {
-        for r in evidence.reveals_for(unit) {
-            if r.result_hash != *known {
-                faulty
-                    .entry(r.worker)
-                    .or_insert(Fault::FailedSpotCheck(*unit));
+    for u in &units {
+        if let Some(known) = u.known {
+            for (w, r) in &u.reveals {
+                if *r != known && faulty[*w].is_none() {
+                    faulty[*w] = Some(Fault::FailedSpotCheck(u.unit));
+                }
             }
         }
     }
@@ -321,26 +363,28 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
     // Fixpoint: each new fault removes results, which changes standing and
     // verdicts, which may settle disputes and prove more faults.
     loop {
-        let standing = standing(evidence, &faulty);
-        let veteran = |w: &SignerKey| standing.get(w).copied().unwrap_or(0) >= policy.probation;
+        let standing = standing(&units, &prior, &faulty);
+        let veteran = |w: usize| standing[w] >= policy.probation;
+        let to_keys = |ws: &[usize]| ws.iter().map(|w| keys[*w]).collect::<Vec<_>>();
         let mut verdicts = BTreeMap::new();
-        let mut new_faults: Vec<(SignerKey, Fault)> = Vec::new();
+        let mut new_faults: Vec<(usize, Fault)> = Vec::new();
 
-        for (unit, reveals) in &evidence.reveals {
-            let g = groups(reveals, &faulty);
-            let have: usize = g.values().map(|v| v.len()).sum();
-            let verdict = if let Some(known) = evidence.known.get(unit) {
+        for u in &units {
+            let g = groups(u, &faulty);
+            let have: usize = g.iter().map(|(_, ws)| ws.len()).sum();
+            let verdict = if let Some(known) = u.known {
                 // A spot check: its answer is known; the agreeing workers
                 // are recorded (their standing already counts it).
                 Verdict::Validated {
-                    result_hash: *known,
+                    result_hash: known,
                     workers: g
-                        .get(known)
-                        .map(|v| v.iter().map(|w| **w).collect())
+                        .iter()
+                        .find(|(h, _)| *h == known)
+                        .map(|(_, ws)| to_keys(ws))
                         .unwrap_or_default(),
                 }
             } else if g.len() <= 1 {
-                match g.iter().next() {
+                match g.first() {
                     None => Verdict::Pending {
                         need: Need::MoreReplicas,
                         have,
@@ -349,33 +393,29 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
                         need: Need::MoreReplicas,
                         have,
                     },
-                    Some((_, ws)) if !ws.iter().any(|w| veteran(w)) => Verdict::Pending {
+                    Some((_, ws)) if !ws.iter().any(|w| veteran(*w)) => Verdict::Pending {
                         need: Need::VeteranReplica,
                         have,
                     },
                     Some((hash, ws)) => Verdict::Validated {
                         result_hash: *hash,
-                        workers: ws.iter().map(|w| **w).collect(),
+                        workers: to_keys(ws),
                     },
                 }
             } else {
-                match settle_dispute(
-                    &g,
-                    &veteran,
-                    quorum,
-                    usize::from(policy.dispute_margin.max(1)),
-                ) {
+                match settle_dispute(&g, &veteran, quorum, margin) {
                     Some(winner) => {
                         for (hash, ws) in &g {
                             if *hash != winner {
-                                new_faults.extend(ws.iter().map(|w| (**w, Fault::Outvoted(*unit))));
+                                new_faults.extend(ws.iter().map(|w| (*w, Fault::Outvoted(u.unit))));
                             }
                         }
                         Verdict::Validated {
                             result_hash: winner,
                             workers: g
-                                .get(&winner)
-                                .map(|v| v.iter().map(|w| **w).collect())
+                                .iter()
+                                .find(|(h, _)| *h == winner)
+                                .map(|(_, ws)| to_keys(ws))
                                 .unwrap_or_default(),
                         }
                     }
@@ -385,21 +425,33 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
                     },
                 }
             };
-            verdicts.insert(*unit, verdict);
+            verdicts.insert(u.unit, verdict);
         }
 
         let mut changed = false;
         for (w, f) in new_faults {
-            if let std::collections::btree_map::Entry::Vacant(e) = faulty.entry(w) {
-                e.insert(f);
+            if faulty[w].is_none() {
+                faulty[w] = Some(f);
                 changed = true;
             }
         }
         if !changed {
+            let faulty_map = keys
+                .iter()
+                .zip(&faulty)
+                .filter_map(|(k, f)| f.map(|f| (*k, f)))
+                .collect();
+            let standing_map = keys
+                .iter()
+                .zip(&standing)
+                .zip(&faulty)
+                .filter(|((_, n), f)| f.is_none() && **n > 0)
+                .map(|((k, n), _)| (*k, *n))
+                .collect();
             return Outcome {
                 verdicts,
-                faulty,
-                standing,
+                faulty: faulty_map,
+                standing: standing_map,
             };
         }
     }
@@ -407,12 +459,12 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
 
 /// The winning result of a dispute, if one side clearly wins.
 fn settle_dispute(
-    g: &BTreeMap<ContentId, Vec<&SignerKey>>,
-    veteran: &impl Fn(&SignerKey) -> bool,
+    g: &[(ContentId, Vec<usize>)],
+    veteran: &impl Fn(usize) -> bool,
     quorum: usize,
     margin: usize,
 ) -> Option<ContentId> {
-    let vets = |ws: &Vec<&SignerKey>| ws.iter().filter(|w| veteran(w)).count();
+    let vets = |ws: &Vec<usize>| ws.iter().filter(|w| veteran(**w)).count();
     // Rank by (veterans, members); the leader must beat the runner-up.
     let mut ranked: Vec<(usize, usize, ContentId)> =
         g.iter().map(|(h, ws)| (vets(ws), ws.len(), *h)).collect();
@@ -424,32 +476,29 @@ fn settle_dispute(
     (by_members || by_veterans).then_some(lead)
 }
 
-/// Corroborated results per non-faulty worker: units where another
-/// non-faulty worker revealed the same result and no non-faulty worker
-/// revealed a different one, plus spot checks answered correctly.
-fn standing(evidence: &Evidence, faulty: &BTreeMap<SignerKey, Fault>) -> BTreeMap<SignerKey, u32> {
-    let mut s: BTreeMap<SignerKey, u32> = evidence
-        .prior_standing
-        .iter()
-        .filter(|(w, _)| !faulty.contains_key(*w))
-        .map(|(w, n)| (*w, *n))
-        .collect();
-    for (unit, reveals) in &evidence.reveals {
-        let g = groups(reveals, faulty);
-        if let Some(known) = evidence.known.get(unit) {
-            for w in g.get(known).into_iter().flatten() {
-                *s.entry(**w).or_default() += 1;
-            }
-            continue;
+/// Corroborated results per worker index (faulty workers count 0): prior
+/// standing, plus units where another non-faulty worker revealed the same
+/// result and no non-faulty worker revealed a different one, plus spot
+/// checks answered correctly.
+fn standing(units: &[InternedUnit], prior: &[u32], faulty: &[Option<Fault>]) -> Vec<u32> {
+    let mut s = prior.to_vec();
+    for u in units {
+        let g = groups(u, faulty);
+        let credited: &[usize] = match (u.known, g.as_slice()) {
+            (Some(known), _) => g
+                .iter()
+                .find(|(h, _)| *h == known)
+                .map_or(&[], |(_, ws)| ws.as_slice()),
+            (None, [(_, ws)]) if ws.len() >= 2 => ws.as_slice(),
+            _ => &[],
+        };
+        for w in credited {
+            s[*w] += 1;
         }
-        if g.len() == 1 {
-            if let Some(ws) = g.values().next() {
-                if ws.len() >= 2 {
-                    for w in ws {
-                        *s.entry(**w).or_default() += 1;
-                    }
-                }
-            }
+    }
+    for (n, f) in s.iter_mut().zip(faulty) {
+        if f.is_some() {
+            *n = 0;
         }
     }
     s

@@ -26,6 +26,7 @@ const VOTING: Scheme = Scheme {
     audit_rate: 0.0,
     probation: 0,
     adversary_starts_veteran: true,
+    sybil_respawn: false,
 };
 const AUDITED: Scheme = Scheme {
     name: "audits",
@@ -33,6 +34,7 @@ const AUDITED: Scheme = Scheme {
     audit_rate: 0.5,
     probation: 0,
     adversary_starts_veteran: true,
+    sybil_respawn: false,
 };
 const PROBATION: Scheme = Scheme {
     name: "probation",
@@ -40,6 +42,7 @@ const PROBATION: Scheme = Scheme {
     audit_rate: 0.5,
     probation: 2700,
     adversary_starts_veteran: false,
+    sybil_respawn: true,
 };
 
 #[test]
