@@ -18,6 +18,7 @@ pub mod signed;
 pub mod validation;
 pub mod assignment;
 pub mod project;
+pub mod results;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use content_id::{ContentId, ParseContentIdError};

@@ -57,6 +57,7 @@ fn compute(input: &Data) -> Vec<u8> {
 }
 
 struct Worker {
+    manifest: Signed<ProjectManifest>,
     key: Keypair,
     state: ProjectState,
     wrong: bool,
@@ -130,6 +131,7 @@ fn setup(
             let mut state = ProjectState::new(&m, 0).expect("manifest");
             assert_eq!(state.add_batch(&b), Ok(Applied::New));
             Worker {
+                manifest: m.clone(),
                 key: Keypair::generate_ed25519(),
                 state,
                 wrong: wrong.contains(&i),
@@ -319,5 +321,56 @@ fn a_worker_never_gets_a_unit_twice_and_leases_expire() {
     assert!(
         w.state.next_work(&third, LEASE_MS + 10, 0).is_some(),
         "expired leases free their slots"
+    );
+}
+
+#[test]
+fn an_evidence_bundle_rechecks_offline_and_catches_tampering() {
+    use formic_protocol::results::{CheckError, EvidenceBundle, ResultEntry};
+
+    let (owner, mut workers) = setup(4, &[], 6, 2, 4);
+    run(&mut workers, 20);
+    let owner_key = SignerKey::of(&owner).expect("ed25519");
+    let state = &mut workers[0].state;
+    let entries: Vec<ResultEntry> = state
+        .validated()
+        .into_iter()
+        .map(|(index, result_hash, output, ws)| ResultEntry {
+            index,
+            input: ContentId::of(format!("unit-{index}").as_bytes()),
+            result_hash,
+            output_size: output.len(),
+            fuel_used: 7,
+            workers: ws.iter().map(|w| w.to_string()).collect(),
+        })
+        .collect();
+    assert_eq!(entries.len(), 6);
+    let manifest = workers[0].manifest.clone();
+    let bundle = EvidenceBundle::from_state(manifest, &workers[0].state);
+    let bytes = bundle.to_bytes().expect("encode");
+    let back = EvidenceBundle::from_bytes(&bytes).expect("decode");
+    assert_eq!(back.check(&entries, Some(&owner_key)), Ok(6));
+
+    // A listed result that the evidence does not support.
+    let mut forged = entries.clone();
+    forged[2].result_hash = ContentId::of(b"forged");
+    assert!(matches!(
+        back.check(&forged, Some(&owner_key)),
+        Err(CheckError::WrongResult { index: 2, .. })
+    ));
+
+    // The wrong trust anchor.
+    let stranger = SignerKey::of(&Keypair::generate_ed25519()).expect("ed25519");
+    assert!(matches!(
+        back.check(&entries, Some(&stranger)),
+        Err(CheckError::WrongOwner { .. })
+    ));
+
+    // Dropping the reveals of a unit un-validates it.
+    let mut thin = back.clone();
+    thin.records.retain(|r| !matches!(r, Gossip::Reveal(s) if s.verify().map(|r| r.unit.index == 3).unwrap_or(false)));
+    assert_eq!(
+        thin.check(&entries, Some(&owner_key)),
+        Err(CheckError::NotValidated(3))
     );
 }
