@@ -51,6 +51,14 @@ fn main() {
             sybil_respawn: true,
         },
         Scheme {
+            name: "1 + 35% audits, probation 2700 (fresh adversary)",
+            quorum: 1,
+            audit_rate: 0.35,
+            probation: 2700,
+            adversary_starts_veteran: false,
+            sybil_respawn: true,
+        },
+        Scheme {
             name: "1 + 50% audits, probation 50 (fresh adversary)",
             quorum: 1,
             audit_rate: 0.5,

@@ -229,46 +229,37 @@ impl Sim {
     }
 
     /// Executes (or fakes) `worker`'s replica of `unit` and records the
-    /// reveal. `safe` says whether the adversary sees this unit as one it
-    /// can cheat on without a visible check.
-    fn execute(&mut self, unit: UnitRef, worker: usize, safe: bool) {
+    /// reveal. Calculated cheating is decided per unit, for the adversary's
+    /// whole group, in `start_unit`; here only blind strategies decide.
+    fn execute(&mut self, unit: UnitRef, worker: usize) {
         self.report.executions += 1;
-        let w = &self.workers[worker];
-        let result = if !w.adversary {
+        let result = if !self.workers[worker].adversary {
             truth(&unit)
         } else if self.cheat_units.contains(&unit) {
+            // Colluding: every adversary identity on the unit echoes the
+            // group's wrong answer, audits and extra replicas included.
             wrong(&unit)
         } else {
-            let cheat = match self.p.strategy {
-                Strategy::AlwaysWrong => true,
-                Strategy::SometimesWrong => self.rng.gen_bool(0.1),
-                Strategy::CheatOnce => safe && !w.cheated,
-                Strategy::CheatWhenSafe => safe,
-                Strategy::HonestThenDefect => safe && w.results >= 100,
+            match self.p.strategy {
+                Strategy::AlwaysWrong => self.cheat_on(unit),
+                Strategy::SometimesWrong if self.rng.gen_bool(0.1) => self.cheat_on(unit),
                 Strategy::Copier => {
-                    let copied = self
-                        .evidence
-                        .reveals_for(&unit)
-                        .next()
-                        .map(|r| r.result_hash);
-                    match copied {
-                        Some(r) => {
-                            self.record(unit, worker, r);
-                            return;
-                        }
-                        None => true,
+                    // Copies a revealed result when there is one; otherwise
+                    // guesses, and guesses do not collude.
+                    match self.evidence.reveals_for(&unit).next() {
+                        Some(r) => r.result_hash,
+                        None => ContentId::of(format!("guess-{}-{worker}", unit.index).as_bytes()),
                     }
                 }
-            };
-            if cheat {
-                self.cheat_units.insert(unit);
-                self.workers[worker].cheated = true;
-                wrong(&unit)
-            } else {
-                truth(&unit)
+                _ => truth(&unit),
             }
         };
         self.record(unit, worker, result);
+    }
+
+    fn cheat_on(&mut self, unit: UnitRef) -> ContentId {
+        self.cheat_units.insert(unit);
+        wrong(&unit)
     }
 
     fn record(&mut self, unit: UnitRef, worker: usize, result_hash: ContentId) {
@@ -317,12 +308,28 @@ impl Sim {
             || visible
                 .iter()
                 .any(|w| veterans.contains(&self.workers[*w].key));
-        let safe = all_adversary && no_probation_check;
+        if all_adversary && no_probation_check {
+            // The group decides together, so its identities never contradict
+            // each other on a unit.
+            let group = &visible;
+            let cheat = match self.p.strategy {
+                Strategy::CheatOnce => group.iter().all(|w| !self.workers[*w].cheated),
+                Strategy::CheatWhenSafe => true,
+                Strategy::HonestThenDefect => group.iter().all(|w| self.workers[*w].results >= 100),
+                _ => false,
+            };
+            if cheat {
+                self.cheat_units.insert(unit);
+                for w in group {
+                    self.workers[*w].cheated = true;
+                }
+            }
+        }
         for w in visible {
-            self.execute(unit, w, safe);
+            self.execute(unit, w);
         }
         if let Some(a) = auditor {
-            self.execute(unit, a, false);
+            self.execute(unit, a);
         }
     }
 
@@ -341,7 +348,7 @@ impl Sim {
                 .entry(unit)
                 .or_default()
                 .push(Assignment { worker: w });
-            self.execute(unit, w, false);
+            self.execute(unit, w);
         }
     }
 
