@@ -1,0 +1,55 @@
+//! Typed errors, one enum per operation: compiling an app and running a unit.
+//!
+//! A unit error is an *outcome* of the unit, not a fault of the host: the
+//! caller reports it (and never compares it as a result, since e.g. the
+//! exact point of a stack overflow differs between hosts).
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why an app could not be turned into a runnable [`crate::App`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CompileError {
+    /// Not valid WebAssembly (binary or text), or rejected by the sandbox's
+    /// feature set (threads, memory64, multiple memories, …).
+    #[error("invalid module: {reason}")]
+    InvalidModule { reason: String },
+    /// The module imports something outside WASI preview 1.
+    #[error("forbidden import {module}::{name}: only wasi_snapshot_preview1 functions are allowed")]
+    ForbiddenImport { module: String, name: String },
+}
+
+/// Why a unit ended without a result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UnitError {
+    /// The `_start` call used its whole fuel budget.
+    #[error("fuel limit exhausted (budget {budget})")]
+    FuelExhausted { budget: u64 },
+    /// The guest tried to grow linear memory beyond the limit (bytes).
+    #[error("memory limit exceeded (limit {limit} bytes)")]
+    MemoryLimit { limit: u64 },
+    /// The guest wrote more than the output limit (bytes) to stdout.
+    #[error("output limit exceeded (limit {limit} bytes)")]
+    OutputTooLarge { limit: u64 },
+    /// The unit ran longer than the wall-clock limit (paused time excluded).
+    #[error("wall-clock limit exceeded (limit {limit:?})")]
+    Timeout { limit: Duration },
+    /// The unit was cancelled through its [`crate::UnitControl`].
+    #[error("cancelled")]
+    Cancelled,
+    /// The guest trapped (unreachable, out-of-bounds access, stack overflow,
+    /// division by zero, …).
+    #[error("trap: {message}")]
+    Trap { message: String },
+    /// The guest called `proc_exit` with a non-zero status.
+    #[error("exited with status {code}")]
+    Exit { code: i32 },
+    /// The module could not be instantiated or its `_start` has the wrong
+    /// type.
+    #[error("invalid module: {reason}")]
+    InvalidModule { reason: String },
+    /// The module does not export the named function (`_start`).
+    #[error("missing export {name}")]
+    MissingExport { name: String },
+}

@@ -1,0 +1,540 @@
+//! The sandbox: one wasmtime engine configured for determinism, compiling
+//! apps (once, with an on-disk cache) and running units under limits.
+//!
+//! Why each engine setting (see also DESIGN.md, "Sandbox determinism"):
+//! * NaN canonicalization: x86 and Arm produce different NaN bit patterns
+//!   for the same float operation; canonical NaNs make float results
+//!   bit-identical across hosts.
+//! * Relaxed SIMD off (and deterministic, should it be enabled later): its
+//!   instructions are allowed to differ per CPU.
+//! * Threads, shared memory, memory64, multi-memory, GC, the component
+//!   model: off. Threads are nondeterministic; the rest is not needed by
+//!   WASI preview 1 commands and only widens the attack surface.
+//! * Fuel: the work measure. Counted for the `_start` call only, because
+//!   fuel spent instantiating differs between platforms.
+//! * Epoch interruption: a shared ticker thread bumps the epoch every
+//!   [`EPOCH_TICK`]; each tick lets the store check its wall-clock limit,
+//!   cancellation and pause, and publish progress. Epochs never change what
+//!   the guest computes or the fuel it uses.
+//! * `max_wasm_stack`: bounded guest stack; overflow is a trap, and a trap
+//!   is never a comparable result (depth differs between hosts).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, OptLevel, Store, StoreContextMut,
+    StoreLimitsBuilder, Strategy, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+use crate::cache::ModuleCache;
+use crate::control::{Check, UnitControl};
+use crate::error::{CompileError, UnitError};
+use crate::host::{
+    self, FixedMonotonicClock, FixedWallClock, HostStop, Limiter, StopReason, UnitState,
+};
+use crate::limits::SandboxLimits;
+
+/// How often the shared ticker advances the engine epoch. Bounds how late a
+/// pause, cancel or wall-clock limit takes effect.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Guest stack limit. Well under the 2 MiB default stack of a spawned Rust
+/// thread, so a unit can run on any worker thread.
+pub const MAX_WASM_STACK: usize = 512 * 1024;
+
+/// Largest number of table elements a unit may have.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// Options for [`Sandbox::new`].
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Where compiled modules are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Engine switches for measurements only (the benchmark compares the cost
+/// of metering and determinism). Results obtained with anything but the
+/// default are not comparable with other hosts' results.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct EngineTuning {
+    pub fuel: bool,
+    pub epochs: bool,
+    pub nan_canonicalization: bool,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        EngineTuning {
+            fuel: true,
+            epochs: true,
+            nan_canonicalization: true,
+        }
+    }
+}
+
+/// The sandbox could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SandboxError {
+    #[error("cannot create the wasm engine: {reason}")]
+    Engine { reason: String },
+    #[error("cannot start the epoch ticker thread: {reason}")]
+    Ticker { reason: String },
+}
+
+/// A compiled, import-checked app, ready to run any number of units.
+#[derive(Clone)]
+pub struct App {
+    id: [u8; 32],
+    pre: InstancePre<UnitState>,
+    from_cache: bool,
+}
+
+impl App {
+    /// The AppId: BLAKE3 of the wasm binary (after WAT → wasm).
+    pub fn id(&self) -> [u8; 32] {
+        self.id
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("id", &blake3::Hash::from_bytes(self.id).to_hex().as_str())
+            .field("from_cache", &self.from_cache)
+            .finish()
+    }
+}
+
+/// A successful unit run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitOutcome {
+    /// Everything the guest wrote to stdout: the unit's result.
+    pub output: Vec<u8>,
+    /// Fuel used by `_start`; identical on every host for the same (app,
+    /// input, seed) and [`crate::ENGINE_VERSION`].
+    pub fuel_used: u64,
+    /// The first [`host::STDERR_CAP`] bytes of stderr, for diagnostics only.
+    pub stderr: Vec<u8>,
+    /// Running time, paused time excluded. Not comparable between hosts.
+    pub wall_time: Duration,
+}
+
+/// The deterministic, metered wasm sandbox. `Send + Sync`: share one (e.g.
+/// in an `Arc`) between worker threads; each [`Sandbox::run`] uses its own
+/// store.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<UnitState>,
+    allowed_imports: HashSet<String>,
+    cache: Option<ModuleCache>,
+    tuning: EngineTuning,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+fn engine_config(tuning: EngineTuning) -> Config {
+    let mut config = Config::new();
+    config
+        .strategy(Strategy::Cranelift)
+        .cranelift_opt_level(OptLevel::Speed)
+        .cranelift_nan_canonicalization(tuning.nan_canonicalization)
+        .consume_fuel(tuning.fuel)
+        .epoch_interruption(tuning.epochs)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .wasm_relaxed_simd(false)
+        .relaxed_simd_deterministic(true)
+        // `wasm_threads` only exists with wasmtime's `threads` feature, which
+        // is not compiled in: shared memories are rejected at validation.
+        .wasm_shared_everything_threads(false)
+        .wasm_memory64(false)
+        .wasm_multi_memory(false)
+        // No GC heap: the workspace builds wasmtime with `gc` but no
+        // collector, and units need none (funcref tables still work).
+        .gc_support(false)
+        .wasm_gc(false)
+        .wasm_function_references(false)
+        .wasm_exceptions(false)
+        .wasm_stack_switching(false)
+        .wasm_component_model(false);
+    config
+}
+
+fn new_state(input: &[u8], seed: &[u8; 32], limits: &SandboxLimits) -> UnitState {
+    let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+    let wasi = WasiCtxBuilder::new()
+        .stdin(MemoryInputPipe::new(input.to_vec()))
+        // argv[0] only; no environment, no preopens, no network.
+        .arg("unit")
+        .wall_clock(FixedWallClock)
+        .monotonic_clock(FixedMonotonicClock)
+        // `random_get` is shadowed (see host.rs); these only make sure no
+        // OS randomness is reachable through any other WASI path.
+        .secure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+        .insecure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+        .insecure_random_seed(0)
+        .build_p1();
+    UnitState {
+        wasi,
+        limiter: Limiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .instances(1)
+                .tables(4)
+                .memories(1)
+                .trap_on_grow_failure(true)
+                .build(),
+            memory_limit,
+            memory_limit_hit: false,
+        },
+        random: host::random_stream(seed),
+        stdout: Vec::new(),
+        stdout_cap: limits.max_output_bytes,
+        stdout_overflow: false,
+        stderr: Vec::new(),
+        stop: None,
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with the production engine settings.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        Self::with_tuning(config, EngineTuning::default())
+    }
+
+    /// A sandbox with some metering or determinism switched off; for
+    /// benchmarks only.
+    #[doc(hidden)]
+    pub fn with_tuning(
+        config: SandboxConfig,
+        tuning: EngineTuning,
+    ) -> Result<Sandbox, SandboxError> {
+        let engine = Engine::new(&engine_config(tuning)).map_err(|e| SandboxError::Engine {
+            reason: e.to_string(),
+        })?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine {
+            reason: e.to_string(),
+        })?;
+        // The import allow-list is exactly what the linker defines; listing
+        // it needs a store, so use a throwaway one.
+        let mut scratch = Store::new(&engine, new_state(&[], &[0; 32], &SandboxLimits::default()));
+        let allowed_imports = linker
+            .iter(&mut scratch)
+            .filter(|(module, _, _)| *module == WASI_MODULE)
+            .map(|(_, name, _)| name.to_owned())
+            .collect();
+        drop(scratch);
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = if tuning.epochs {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let handle = std::thread::Builder::new()
+                .name("formic-epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Ticker {
+                    reason: e.to_string(),
+                })?;
+            Some(handle)
+        } else {
+            None
+        };
+        let cache = config.cache_dir.map(|dir| ModuleCache::new(dir, &engine));
+        Ok(Sandbox {
+            engine,
+            linker,
+            allowed_imports,
+            cache,
+            tuning,
+            ticker_stop,
+            ticker,
+        })
+    }
+
+    /// Compiles an app (wasm binary, or WAT text when the bytes do not start
+    /// with `\0asm`), using the cache when possible, and checks that it only
+    /// imports WASI preview 1 functions.
+    pub fn compile(&self, bytes: &[u8]) -> Result<App, CompileError> {
+        let wasm: Cow<'_, [u8]> = if bytes.starts_with(b"\0asm") {
+            Cow::Borrowed(bytes)
+        } else {
+            wat::parse_bytes(bytes).map_err(|e| CompileError::InvalidModule {
+                reason: e.to_string(),
+            })?
+        };
+        let id = *blake3::hash(&wasm).as_bytes();
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, &id));
+        let from_cache = cached.is_some();
+        let module = match cached {
+            Some(module) => module,
+            None => Module::from_binary(&self.engine, &wasm).map_err(|e| {
+                CompileError::InvalidModule {
+                    reason: format!("{e:#}"),
+                }
+            })?,
+        };
+        for import in module.imports() {
+            if import.module() != WASI_MODULE || !self.allowed_imports.contains(import.name()) {
+                return Err(CompileError::ForbiddenImport {
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        // Resolves every import and checks its type once, here.
+        let pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| CompileError::InvalidModule {
+                    reason: format!("{e:#}"),
+                })?;
+        if !from_cache && let Some(cache) = &self.cache {
+            cache.store(&id, &module);
+        }
+        Ok(App {
+            id,
+            pre,
+            from_cache,
+        })
+    }
+
+    /// Where the compiled artifact of `app_id` is cached, if caching is on.
+    pub fn cache_file(&self, app_id: &[u8; 32]) -> Option<PathBuf> {
+        self.cache.as_ref().map(|c| c.file_for(app_id))
+    }
+
+    /// Runs one unit: `app`'s `_start` with `input` on stdin and the random
+    /// stream seeded by `seed`, under `limits`. `control`, if given, can
+    /// pause, resume or cancel it from another thread and shows progress.
+    pub fn run(
+        &self,
+        app: &App,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &SandboxLimits,
+        control: Option<&UnitControl>,
+    ) -> Result<UnitOutcome, UnitError> {
+        self.run_with_stderr(app, input, seed, limits, control).0
+    }
+
+    /// Like [`Sandbox::run`], and also returns the guest's (bounded) stderr
+    /// whatever the outcome, for diagnosing failed units. On success it is
+    /// the same as [`UnitOutcome::stderr`].
+    pub fn run_with_stderr(
+        &self,
+        app: &App,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &SandboxLimits,
+        control: Option<&UnitControl>,
+    ) -> (Result<UnitOutcome, UnitError>, Vec<u8>) {
+        // An app compiled by another sandbox belongs to another engine;
+        // wasmtime would panic on instantiating it here.
+        if !Engine::same(app.pre.module().engine(), &self.engine) {
+            let reason = "app was compiled by a different Sandbox".to_owned();
+            return (Err(UnitError::InvalidModule { reason }), Vec::new());
+        }
+        let mut store = Store::new(&self.engine, new_state(input, &seed, limits));
+        store.limiter(|state| &mut state.limiter);
+        let result = self.run_in(&mut store, app, limits, control);
+        let stderr = match &result {
+            Ok(outcome) => outcome.stderr.clone(),
+            Err(_) => std::mem::take(&mut store.data_mut().stderr),
+        };
+        (result, stderr)
+    }
+
+    fn run_in(
+        &self,
+        store: &mut Store<UnitState>,
+        app: &App,
+        limits: &SandboxLimits,
+        control: Option<&UnitControl>,
+    ) -> Result<UnitOutcome, UnitError> {
+        let started = Instant::now();
+        let budget = limits.fuel;
+        if self.tuning.fuel {
+            // Instantiation (a `start` function, data segments) is bounded by
+            // the same budget but not counted; `_start` gets a fresh budget.
+            self.set_fuel(store, budget)?;
+        }
+        // Shared between the epoch callback and this function: when the
+        // `_start` call began, so progress excludes instantiation.
+        let counting = Arc::new(AtomicBool::new(false));
+        // Total time spent paused, in nanoseconds, published by the callback.
+        let paused_total = Arc::new(AtomicU64::new(0));
+        if self.tuning.epochs {
+            store.set_epoch_deadline(1);
+            let control = control.cloned();
+            let wall_limit = limits.wall_clock;
+            let counting = counting.clone();
+            let paused_total = paused_total.clone();
+            let fuel_on = self.tuning.fuel;
+            let mut paused = Duration::ZERO;
+            store.epoch_deadline_callback(move |mut ctx: StoreContextMut<'_, UnitState>| {
+                if started.elapsed().saturating_sub(paused) > wall_limit {
+                    ctx.data_mut().stop = Some(StopReason::Timeout);
+                    return Err(wasmtime::Error::new(HostStop("wall-clock limit exceeded")));
+                }
+                if let Some(control) = &control {
+                    if fuel_on && counting.load(Ordering::Relaxed) {
+                        let left = ctx.get_fuel().unwrap_or(budget);
+                        control.set_fuel_used(budget.saturating_sub(left));
+                    }
+                    match control.check() {
+                        Check::Continue { paused_for } => {
+                            paused += paused_for;
+                            let nanos = u64::try_from(paused.as_nanos()).unwrap_or(u64::MAX);
+                            paused_total.store(nanos, Ordering::Relaxed);
+                        }
+                        Check::Cancelled => {
+                            ctx.data_mut().stop = Some(StopReason::Cancelled);
+                            return Err(wasmtime::Error::new(HostStop("cancelled")));
+                        }
+                    }
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+        }
+        let instance = app
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| classify(e, store.data(), limits, Phase::Instantiate))?;
+        let start = instance
+            .get_func(&mut *store, "_start")
+            .ok_or_else(|| UnitError::MissingExport {
+                name: "_start".to_owned(),
+            })?
+            .typed::<(), ()>(&*store)
+            .map_err(|e| UnitError::InvalidModule {
+                reason: format!("_start has the wrong type: {e}"),
+            })?;
+        if self.tuning.fuel {
+            self.set_fuel(store, budget)?;
+        }
+        counting.store(true, Ordering::Relaxed);
+        let run_started = Instant::now();
+        let result = start.call(&mut *store, ());
+        let run_time = run_started.elapsed();
+        let fuel_used = if self.tuning.fuel {
+            budget.saturating_sub(store.get_fuel().unwrap_or(0))
+        } else {
+            0
+        };
+        if let Some(control) = control {
+            control.set_fuel_used(fuel_used);
+        }
+        if let Err(e) = result {
+            let exited_ok = e
+                .downcast_ref::<wasmtime_wasi::I32Exit>()
+                .is_some_and(|exit| exit.0 == 0);
+            if !exited_ok {
+                return Err(classify(e, store.data(), limits, Phase::Run));
+            }
+        }
+        let paused = Duration::from_nanos(paused_total.load(Ordering::Relaxed));
+        let state = store.data_mut();
+        Ok(UnitOutcome {
+            output: std::mem::take(&mut state.stdout),
+            fuel_used,
+            stderr: std::mem::take(&mut state.stderr),
+            wall_time: run_time.saturating_sub(paused),
+        })
+    }
+
+    fn set_fuel(&self, store: &mut Store<UnitState>, fuel: u64) -> Result<(), UnitError> {
+        store.set_fuel(fuel).map_err(|e| UnitError::InvalidModule {
+            reason: format!("cannot set fuel: {e}"),
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Instantiate,
+    Run,
+}
+
+/// Turns a wasmtime error into the unit error naming its cause. Host-side
+/// records (why the epoch callback stopped, which limit the limiter or the
+/// stdout writer hit) take precedence over the trap they caused.
+fn classify(
+    e: wasmtime::Error,
+    state: &UnitState,
+    limits: &SandboxLimits,
+    phase: Phase,
+) -> UnitError {
+    match state.stop {
+        Some(StopReason::Timeout) => {
+            return UnitError::Timeout {
+                limit: limits.wall_clock,
+            };
+        }
+        Some(StopReason::Cancelled) => return UnitError::Cancelled,
+        None => {}
+    }
+    if state.stdout_overflow {
+        return UnitError::OutputTooLarge {
+            limit: limits.max_output_bytes,
+        };
+    }
+    if state.limiter.memory_limit_hit {
+        return UnitError::MemoryLimit {
+            limit: limits.memory_bytes,
+        };
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return UnitError::Exit { code: exit.0 };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => UnitError::FuelExhausted {
+            budget: limits.fuel,
+        },
+        Some(trap) => UnitError::Trap {
+            message: trap.to_string(),
+        },
+        None if phase == Phase::Instantiate => UnitError::InvalidModule {
+            reason: format!("{e:#}"),
+        },
+        None => UnitError::Trap {
+            message: format!("{e:#}"),
+        },
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.ticker.take() {
+            // The ticker only sleeps and bumps a counter; it cannot panic in
+            // a way worth propagating from a destructor.
+            let _ = handle.join();
+        }
+    }
+}
