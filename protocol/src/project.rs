@@ -64,6 +64,19 @@ pub enum Applied {
     Duplicate,
 }
 
+/// A unit the evidence validates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedUnit {
+    pub index: u64,
+    pub result_hash: ContentId,
+    /// The output, inline or as a blob reference.
+    pub output: Data,
+    /// Fuel the unit's run used (the same for every honest replica).
+    pub fuel_used: u64,
+    /// The agreeing workers, in key order.
+    pub workers: Vec<SignerKey>,
+}
+
 /// Something for this worker to compute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkOrder {
@@ -408,10 +421,17 @@ impl ProjectState {
         wanted.saturating_sub(in_flight)
     }
 
-    /// The next unit `me` should compute, if any. `draw` is fresh private
-    /// randomness (it decides hidden audits and must not be derived from
-    /// anything public).
-    pub fn next_work(&mut self, me: &SignerKey, now_ms: u64, draw: u32) -> Option<WorkOrder> {
+    /// The next unit `me` should compute, if any, skipping the units in
+    /// `busy` (already being computed here: audits leave no claim to show
+    /// it). `draw` is fresh private randomness (it decides hidden audits and
+    /// must not be derived from anything public).
+    pub fn next_work(
+        &mut self,
+        me: &SignerKey,
+        now_ms: u64,
+        draw: u32,
+        busy: &std::collections::BTreeSet<u64>,
+    ) -> Option<WorkOrder> {
         if self.order.as_ref().is_none_or(|(w, _)| w != me) {
             let mut ranked: Vec<(u64, u64)> = self
                 .specs
@@ -444,7 +464,7 @@ impl ProjectState {
         let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
         for index in &order {
             let recs = self.units.get(index);
-            if recs.is_some_and(|r| r.involves(me)) {
+            if busy.contains(index) || recs.is_some_and(|r| r.involves(me)) {
                 continue;
             }
             let unit = UnitRef {
@@ -533,9 +553,9 @@ impl ProjectState {
             .is_some_and(|r| r.commits.len() >= usize::from(self.policy.quorum))
     }
 
-    /// Validated units: (index, result hash, the output as revealed, the
-    /// agreeing workers).
-    pub fn validated(&mut self) -> Vec<(u64, ContentId, Data, Vec<SignerKey>)> {
+    /// Every validated unit, with the output and fuel as revealed by the
+    /// first agreeing worker.
+    pub fn validated(&mut self) -> Vec<ValidatedUnit> {
         let id = self.id;
         let verdicts = self.outcome().verdicts.clone();
         let mut out = Vec::new();
@@ -548,15 +568,20 @@ impl ProjectState {
                 workers,
             } = v
             {
-                let output = self.units.get(&unit.index).and_then(|r| {
+                let reveal = self.units.get(&unit.index).and_then(|r| {
                     workers
                         .iter()
                         .find_map(|w| r.reveals.get(w))
                         .and_then(|s| s.verify().ok())
-                        .map(|rv| rv.output)
                 });
-                if let Some(output) = output {
-                    out.push((unit.index, result_hash, output, workers));
+                if let Some(rv) = reveal {
+                    out.push(ValidatedUnit {
+                        index: unit.index,
+                        result_hash,
+                        output: rv.output,
+                        fuel_used: rv.fuel_used,
+                        workers,
+                    });
                 }
             }
         }

@@ -127,7 +127,7 @@ impl EvidenceBundle {
         let validated: BTreeMap<u64, ContentId> = state
             .validated()
             .into_iter()
-            .map(|(index, hash, _, _)| (index, hash))
+            .map(|v| (v.index, v.result_hash))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for e in listed {

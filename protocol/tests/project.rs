@@ -78,7 +78,10 @@ fn run(workers: &mut [Worker], rounds: usize) {
         for i in 0..workers.len() {
             let me = SignerKey::of(&workers[i].key).expect("ed25519");
             let draw = (i as u32).wrapping_mul(2_654_435_761);
-            if let Some(order) = workers[i].state.next_work(&me, now, draw) {
+            if let Some(order) = workers[i]
+                .state
+                .next_work(&me, now, draw, &Default::default())
+            {
                 if let Some(claim) = workers[i]
                     .state
                     .claim(&workers[i].key, &order, now)
@@ -153,7 +156,8 @@ fn honest_workers_validate_every_unit_with_quorum_two() {
         );
         let validated = w.state.validated();
         assert_eq!(validated.len(), 20);
-        for (index, hash, output, agreeing) in validated {
+        for v in validated {
+            let (index, hash, output, agreeing) = (v.index, v.result_hash, v.output, v.workers);
             let expected: Vec<u8> = format!("unit-{index}").bytes().rev().collect();
             assert_eq!(hash, ContentId::of(&expected));
             assert_eq!(output, Data::Inline(expected));
@@ -169,7 +173,8 @@ fn a_saboteur_is_outvoted_proven_faulty_and_never_accepted() {
     let bad = SignerKey::of(&workers[0].key).expect("ed25519");
     let state = &mut workers[1].state;
     assert!(state.is_complete());
-    for (index, hash, _, agreeing) in state.validated() {
+    for v in state.validated() {
+        let (index, hash, agreeing) = (v.index, v.result_hash, v.workers);
         let expected: Vec<u8> = format!("unit-{index}").bytes().rev().collect();
         assert_eq!(
             hash,
@@ -274,14 +279,20 @@ fn a_worker_never_gets_a_unit_twice_and_leases_expire() {
     let (_, mut workers) = setup(1, &[], 2, 2, 4);
     let w = &mut workers[0];
     let me = SignerKey::of(&w.key).expect("ed25519");
-    let first = w.state.next_work(&me, 0, 0).expect("work");
+    let first = w
+        .state
+        .next_work(&me, 0, 0, &Default::default())
+        .expect("work");
     let claim = w
         .state
         .claim(&w.key, &first, 0)
         .expect("claim")
         .expect("not an audit");
     w.state.apply(&Gossip::Claim(claim)).expect("apply");
-    let second = w.state.next_work(&me, 0, 0).expect("other unit");
+    let second = w
+        .state
+        .next_work(&me, 0, 0, &Default::default())
+        .expect("other unit");
     assert_ne!(first.unit, second.unit, "never the same unit twice");
 
     // Two live claims fill both slots of `second` (quorum 2): a third
@@ -302,7 +313,7 @@ fn a_worker_never_gets_a_unit_twice_and_leases_expire() {
     let third = SignerKey::of(&Keypair::generate_ed25519()).expect("ed25519");
     let before = w
         .state
-        .next_work(&third, 1, 0)
+        .next_work(&third, 1, 0, &Default::default())
         .expect("unit `first` is open");
     assert_eq!(
         before.unit, first.unit,
@@ -315,11 +326,15 @@ fn a_worker_never_gets_a_unit_twice_and_leases_expire() {
         .expect("not an audit");
     w.state.apply(&Gossip::Claim(first_claim)).expect("apply");
     assert!(
-        w.state.next_work(&third, 2, 0).is_none(),
+        w.state
+            .next_work(&third, 2, 0, &Default::default())
+            .is_none(),
         "every slot is claimed"
     );
     assert!(
-        w.state.next_work(&third, LEASE_MS + 10, 0).is_some(),
+        w.state
+            .next_work(&third, LEASE_MS + 10, 0, &Default::default())
+            .is_some(),
         "expired leases free their slots"
     );
 }
@@ -335,13 +350,13 @@ fn an_evidence_bundle_rechecks_offline_and_catches_tampering() {
     let entries: Vec<ResultEntry> = state
         .validated()
         .into_iter()
-        .map(|(index, result_hash, output, ws)| ResultEntry {
-            index,
-            input: ContentId::of(format!("unit-{index}").as_bytes()),
-            result_hash,
-            output_size: output.len(),
-            fuel_used: 7,
-            workers: ws.iter().map(|w| w.to_string()).collect(),
+        .map(|v| ResultEntry {
+            index: v.index,
+            input: ContentId::of(format!("unit-{}", v.index).as_bytes()),
+            result_hash: v.result_hash,
+            output_size: v.output.len(),
+            fuel_used: v.fuel_used,
+            workers: v.workers.iter().map(|w| w.to_string()).collect(),
         })
         .collect();
     assert_eq!(entries.len(), 6);
