@@ -1,0 +1,284 @@
+//! Packaging: the service files, `formic service install|uninstall`, and the
+//! Debian package built by cargo-deb.
+//!
+//! The .deb test needs cargo-deb. Where `cargo deb --version` fails it is
+//! skipped with a message, unless FORMIC_REQUIRE_DEB is set (CI sets it
+//! after installing cargo-deb), in which case it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn packaging(file: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("packaging").join(file))
+        .unwrap_or_else(|e| panic!("read packaging/{file}: {e}"))
+}
+
+fn formic() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_formic"));
+    c.env_remove("RUST_LOG").env_remove("FORMIC_DATA_DIR");
+    c
+}
+
+#[test]
+fn the_units_ask_for_idle_priority_and_hardening() {
+    let user = packaging("formic.service");
+    for line in [
+        "ExecStart=/usr/bin/formic node",
+        "Nice=19",
+        "CPUSchedulingPolicy=idle",
+        "Restart=on-failure",
+        "WantedBy=default.target",
+    ] {
+        assert!(
+            user.lines().any(|l| l == line),
+            "formic.service lacks {line}"
+        );
+    }
+    let system = packaging("formic-system.service");
+    for line in [
+        "DynamicUser=yes",
+        "StateDirectory=formic",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "CPUWeight=1",
+        "CPUSchedulingPolicy=idle",
+        "Nice=19",
+        "Restart=on-failure",
+    ] {
+        assert!(
+            system.lines().any(|l| l == line),
+            "formic-system.service lacks {line}"
+        );
+    }
+    assert!(system.lines().any(|l| l.starts_with("MemoryMax=")));
+    let plist = packaging("org.formic.node.plist");
+    for needle in [
+        "<string>org.formic.node</string>",
+        "<key>LowPriorityIO</key>",
+        "<key>ProcessType</key>\n    <string>Background</string>",
+        "<key>Nice</key>\n    <integer>19</integer>",
+    ] {
+        assert!(plist.contains(needle), "plist lacks {needle}");
+    }
+}
+
+/// `systemd-analyze verify` on both units (with ExecStart pointed at the
+/// built binary, which must exist for verify); skipped without systemd-analyze.
+#[test]
+fn systemd_accepts_the_units() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let exe = env!("CARGO_BIN_EXE_formic");
+    for (file, user) in [("formic-system.service", false), ("formic.service", true)] {
+        let unit = packaging(file).replace("/usr/bin/formic", exe);
+        let path = dir.path().join(file);
+        std::fs::write(&path, unit).expect("write unit");
+        let mut cmd = Command::new("systemd-analyze");
+        if user {
+            cmd.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
+        }
+        let out = cmd
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .expect("run systemd-analyze");
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn service_install_writes_a_user_unit_for_this_binary_and_uninstall_removes_it() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("config");
+    let unit = config.join("systemd/user/formic.service");
+    let run = |args: &[&str]| {
+        formic()
+            .args(args)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .expect("run formic")
+    };
+
+    let out = run(&["service", "install", "--no-enable"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&unit.display().to_string()));
+    let text = std::fs::read_to_string(&unit).expect("unit written");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_formic")).expect("exe");
+    let exec_start = text
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    let written = exec_start
+        .strip_prefix("ExecStart=")
+        .and_then(|s| s.strip_suffix(" node"))
+        .expect("ExecStart=<exe> node");
+    assert_eq!(
+        std::fs::canonicalize(written).expect("ExecStart names an existing file"),
+        exe
+    );
+    assert!(text.contains("Nice=19") && text.contains("CPUSchedulingPolicy=idle"));
+
+    let out = run(&["service", "uninstall", "--no-disable"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!unit.exists());
+    let out = run(&["service", "uninstall", "--no-disable"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no unit file"));
+
+    // Without --no-enable, a machine without systemctl gets a clear error.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = formic()
+        .args(["service", "install"])
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", &config)
+        .env("PATH", empty.path())
+        .output()
+        .expect("run formic");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemctl") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn systemd_quoting_of_unusual_paths() {
+    use formic_node::service::{render_user_unit, systemd_quote};
+    assert_eq!(
+        systemd_quote(Path::new("/usr/bin/formic")),
+        "/usr/bin/formic"
+    );
+    assert_eq!(
+        systemd_quote(Path::new("/home/a b/100%/formic")),
+        "\"/home/a b/100%%/formic\""
+    );
+    let unit = render_user_unit(Path::new("/opt/formic"));
+    assert!(unit.lines().any(|l| l == "ExecStart=/opt/formic node"));
+    assert_eq!(unit.matches("ExecStart=").count(), 1);
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+#[test]
+fn the_deb_contains_the_binary_and_both_units() {
+    let have_deb = cargo()
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_deb {
+        assert!(
+            std::env::var_os("FORMIC_REQUIRE_DEB").is_none(),
+            "FORMIC_REQUIRE_DEB is set but `cargo deb` is not installed (cargo install cargo-deb --locked)"
+        );
+        eprintln!(
+            "SKIPPED: cargo-deb is not installed (`cargo install cargo-deb --locked`); \
+             set FORMIC_REQUIRE_DEB=1 to make this a failure"
+        );
+        return;
+    }
+    // Pack the debug binary cargo already built for this test: a release
+    // build of the node takes 10+ minutes on CI's 2 cores. cargo-deb takes
+    // `target/release/formic` from the target dir, so the binary is copied
+    // into a scratch target dir (cargo-deb deprecates `--profile dev`).
+    // `--compress-system` uses the gzip tool: cargo-deb's built-in
+    // compressor needs minutes for a debug binary, gzip seconds.
+    let exe = Path::new(env!("CARGO_BIN_EXE_formic"));
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let release = scratch.path().join("target/release");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    std::fs::copy(exe, release.join("formic")).expect("copy binary");
+    let out_dir = scratch.path().join("out");
+    let started = std::time::Instant::now();
+    let out = cargo()
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", scratch.path().join("target"))
+        .args([
+            "deb",
+            "-p",
+            "formic-node",
+            "--no-build",
+            "--no-strip",
+            "--no-dbgsym",
+            "--fast",
+            "-Z",
+            "gz",
+            "--compress-system",
+            "-o",
+        ])
+        .arg(&out_dir)
+        .output()
+        .expect("run cargo deb");
+    assert!(
+        out.status.success(),
+        "cargo deb failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("cargo deb took {:?}", started.elapsed());
+    let deb = std::fs::read_dir(&out_dir)
+        .expect("read out dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb was written");
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb -c");
+    assert!(listing.status.success());
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for path in [
+        "./usr/bin/formic",
+        "./lib/systemd/system/formic-system.service",
+        "./usr/lib/systemd/user/formic.service",
+        "./usr/share/doc/formic/examples/formic.toml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(path)),
+            "{} lacks {path}:\n{listing}",
+            deb.display()
+        );
+    }
+    let bin = listing
+        .lines()
+        .find(|l| l.ends_with("./usr/bin/formic"))
+        .expect("binary line");
+    assert!(bin.starts_with("-rwxr-xr-x"), "{bin}");
+    let info = Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Package")
+        .output()
+        .expect("dpkg-deb -f");
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "formic");
+    eprintln!("built and checked {}", deb.display());
+}
