@@ -57,4 +57,6 @@ pub enum Command {
     Resume(commands::resume::ResumeArgs),
     /// Everyone: start a whole local network and run a sample project through it end to end.
     Demo(commands::demo::DemoArgs),
+    /// Volunteers: install or remove the agent as a systemd user service.
+    Service(commands::service::ServiceArgs),
 }

@@ -11,14 +11,16 @@
 //! - [`Signed`]: ed25519-signed envelopes with per-type domain separation.
 //! - [`messages`]: manifests, batches, claims, commits, reveals, announcements.
 
+pub mod assignment;
+pub mod blob_transfer;
 pub mod codec;
 pub mod content_id;
 pub mod messages;
-pub mod signed;
-pub mod validation;
-pub mod assignment;
 pub mod project;
 pub mod results;
+pub mod signed;
+pub mod sync;
+pub mod validation;
 
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use content_id::{ContentId, ParseContentIdError};

@@ -6,11 +6,13 @@
 
 pub mod demo;
 pub mod exec;
+pub mod join;
 pub mod node;
 pub mod pause;
 pub mod publish;
 pub mod results;
 pub mod resume;
+pub mod service;
 pub mod status;
 
 use std::process::ExitCode;
@@ -32,14 +34,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pause(args) => pause::run(&global, args),
         Command::Resume(args) => resume::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
+        Command::Service(args) => service::run(&global, args),
     }
-}
-
-/// Says plainly that `command` is not available yet and returns exit code 2.
-pub(crate) fn not_yet(command: &str, what: &str) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "formic {command}: not available yet in this build — {what}. \
-         See README.md for what works today."
-    );
-    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
 }

@@ -1,21 +1,109 @@
-//! `formic node`: the volunteer's peer. For now it establishes the node's
-//! identity and prints its PeerId; joining the network lands with the
-//! peer-to-peer layer.
+//! `formic node`: the volunteer's peer. Prints its PeerId on stdout, joins
+//! the network (TCP and QUIC, Kademlia, gossipsub, mDNS unless disabled),
+//! serves the control API for `formic status`, and stops cleanly on Ctrl-C
+//! or SIGTERM.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use libp2p::Multiaddr;
 
 use crate::cli::GlobalArgs;
+use crate::network::{self, NodeConfig, StartError};
+
+/// Port used when no `--listen` is given: a stable port lets peers and
+/// port-forwarding rules find a volunteer again after a restart.
+pub const DEFAULT_PORT: u16 = 4001;
 
 #[derive(Debug, Args)]
-pub struct NodeArgs {}
+pub struct NodeArgs {
+    /// Address to listen on, repeatable (e.g. /ip4/0.0.0.0/tcp/4001,
+    /// /ip4/0.0.0.0/udp/4001/quic-v1; port 0 picks a free port).
+    /// Default: TCP and QUIC on all interfaces, port 4001 (a free port if taken).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
 
-pub fn run(global: &GlobalArgs, _args: NodeArgs) -> anyhow::Result<ExitCode> {
+    /// A peer to join the network through, repeatable
+    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<Multiaddr>,
+
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+
+    /// Where the local control API listens (loopback only; port 0 picks one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub api: SocketAddr,
+
+    /// Serve the Kademlia DHT from the start, for publicly reachable
+    /// bootstrap nodes (otherwise client mode until an external address is
+    /// confirmed).
+    #[arg(long)]
+    pub kad_server: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = crate::data_dir::resolve(global.data_dir.as_deref())?;
     let keypair = crate::identity::load_or_create_node_identity(&data_dir)
         .context("loading the node identity")?;
+    // The PeerId first, alone on stdout: scripts read it.
     println!("{}", keypair.public().to_peer_id());
-    super::not_yet("node", "joining the network needs the peer-to-peer layer")
+
+    let defaulted = args.listen.is_empty();
+    let mut config = NodeConfig::new(data_dir, DEFAULT_PORT);
+    config.keypair = Some(keypair);
+    if !defaulted {
+        config.listen = args.listen;
+    }
+    config.bootstrap = args.bootstrap;
+    config.mdns = !args.no_mdns;
+    config.api_addr = Some(args.api);
+    config.kad_server = args.kad_server;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut node = match network::start(config.clone()).await {
+            Err(StartError::Listen { addr, reason }) if defaulted => {
+                tracing::warn!(%addr, %reason, "default port is taken; listening on a free port instead");
+                config.listen = network::default_listen(0);
+                network::start(config).await.context("starting the node")?
+            }
+            other => other.context("starting the node")?,
+        };
+        // Nothing consumes records yet in this command; drain the events so
+        // they are logged rather than counted as dropped.
+        if let Some(mut events) = node.take_events() {
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    tracing::debug!(?event, "network event");
+                }
+            });
+        }
+        wait_for_stop_signal().await.context("waiting for a stop signal")?;
+        tracing::info!("stopping");
+        node.shutdown().await.context("stopping the node")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix (what systemd and `kill` send).
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }

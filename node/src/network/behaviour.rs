@@ -1,0 +1,207 @@
+//! The composed libp2p behaviour and the swarm built around it.
+//!
+//! Each sub-behaviour is configured here, in one place, with the reasons for
+//! every non-default setting; the swarm task only drives it.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use formic_protocol::blob_transfer::BLOB_PROTOCOL;
+use formic_protocol::messages::MAX_GOSSIP_BYTES;
+use formic_protocol::sync::SYNC_PROTOCOL;
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns,
+    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+};
+
+use super::codec::{BlobCodec, SyncCodec};
+use super::{GOSSIP_ENVELOPE_OVERHEAD, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeConfig, StartError};
+
+/// How long an idle connection (no open stream) stays up. The libp2p default
+/// of 10 s closes connections between blob chunk requests.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Request timeouts: a 1 MiB chunk over a slow volunteer uplink takes a few
+/// seconds; a sync page up to 4 MiB a little more.
+const BLOB_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Concurrent inbound+outbound streams per connection and protocol.
+const MAX_CONCURRENT_STREAMS: usize = 16;
+
+/// Weight of an invalid message in a topic's score (P4). One forged or
+/// malformed message (-100 × 1² × topic weight 1) sends a peer below the
+/// graylist threshold (-80): its gossip is ignored until the penalty decays.
+const INVALID_MESSAGE_WEIGHT: f64 = -100.0;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) memory: memory_connection_limits::Behaviour,
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) blobs: request_response::Behaviour<BlobCodec>,
+    pub(crate) sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// Scoring parameters for one of our topics. Formic topics are quiet (a few
+/// records per unit), so the mesh-delivery penalties (P3, P3b), which punish
+/// peers for not forwarding enough messages, are off: they would punish
+/// honest peers on a quiet topic.
+pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    }
+}
+
+fn gossipsub(keypair: &Keypair) -> Result<gossipsub::Behaviour, StartError> {
+    let config = gossipsub::ConfigBuilder::default()
+        // Every peer uses the same explicit cap (the payload cap plus the
+        // envelope), so no honest message is dropped by a stricter peer.
+        .max_transmit_size(MAX_GOSSIP_BYTES + GOSSIP_ENVELOPE_OVERHEAD)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Manual validation: nothing is forwarded before the swarm task has
+        // decoded it and checked its signature.
+        .validate_messages()
+        // Content-addressed ids: the same record published twice (by two
+        // peers, or after a restart) is one message.
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+        })
+        .duplicate_cache_time(Duration::from_secs(120))
+        // Bounded per-connection send queue: a slow peer loses messages
+        // (recovered by sync) instead of growing our memory.
+        .connection_handler_queue_len(1000)
+        .build()
+        .map_err(|e| StartError::Behaviour(format!("gossipsub config: {e}")))?;
+    let mut behaviour = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        config,
+    )
+    .map_err(|e| StartError::Behaviour(format!("gossipsub: {e}")))?;
+    let params = gossipsub::PeerScoreParams {
+        // Local test networks and demos run many peers on one address;
+        // co-location still counts for every other address.
+        ip_colocation_factor_whitelist: HashSet::from([
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]),
+        ..Default::default()
+    };
+    behaviour
+        .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+        .map_err(|e| StartError::Behaviour(format!("gossipsub scoring: {e}")))?;
+    Ok(behaviour)
+}
+
+fn kademlia(keypair: &Keypair, config: &NodeConfig) -> kad::Behaviour<kad::store::MemoryStore> {
+    let peer_id = keypair.public().to_peer_id();
+    let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    cfg.set_periodic_bootstrap_interval(Some(config.bootstrap_interval));
+    cfg.set_query_timeout(Duration::from_secs(15));
+    // Provider records must outlive the short test runs and a volunteer's
+    // reboot; libp2p republishes them itself.
+    let store_cfg = kad::store::MemoryStoreConfig {
+        max_records: 16 * 1024,
+        // The default 1024 provided keys is far below a busy node's blobs.
+        max_provided_keys: 100_000,
+        ..Default::default()
+    };
+    let store = kad::store::MemoryStore::with_config(peer_id, store_cfg);
+    let mut kad = kad::Behaviour::with_config(peer_id, store, cfg);
+    if config.kad_server {
+        kad.set_mode(Some(kad::Mode::Server));
+    }
+    kad
+}
+
+fn request_response_config(timeout: Duration) -> request_response::Config {
+    request_response::Config::default()
+        .with_request_timeout(timeout)
+        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+}
+
+fn behaviour(keypair: &Keypair, config: &NodeConfig) -> Result<Behaviour, StartError> {
+    let peer_id = keypair.public().to_peer_id();
+    let l = &config.limits;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(l.max_connections))
+        .with_max_established_per_peer(Some(l.max_connections_per_peer))
+        .with_max_pending_incoming(Some(l.max_pending))
+        .with_max_pending_outgoing(Some(l.max_pending));
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| StartError::Behaviour(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        memory: memory_connection_limits::Behaviour::with_max_percentage(l.max_memory_fraction),
+        blocked: allow_block_list::Behaviour::default(),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), keypair.public())
+                .with_push_listen_addr_updates(true)
+                .with_cache_size(256),
+        ),
+        ping: ping::Behaviour::default(),
+        kad: kademlia(keypair, config),
+        gossipsub: gossipsub(keypair)?,
+        mdns: mdns.into(),
+        blobs: request_response::Behaviour::with_codec(
+            BlobCodec::default(),
+            [(
+                StreamProtocol::new(BLOB_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response_config(BLOB_REQUEST_TIMEOUT),
+        ),
+        sync: request_response::Behaviour::with_codec(
+            SyncCodec::default(),
+            [(
+                StreamProtocol::new(SYNC_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response_config(SYNC_REQUEST_TIMEOUT),
+        ),
+    })
+}
+
+/// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, our behaviour.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    config: &NodeConfig,
+) -> Result<Swarm<Behaviour>, StartError> {
+    let behaviour = behaviour(&keypair, config)?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| StartError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

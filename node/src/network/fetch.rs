@@ -1,0 +1,318 @@
+//! Fetching a blob from providers, verified chunk by chunk.
+//!
+//! 1. Ask a provider for the manifest (size + blake3 of each chunk) and
+//!    check it matches the BlobRef's size.
+//! 2. Fetch chunks from all providers in turn, a few at a time; each chunk
+//!    is checked against its digest. A provider sending a bad chunk is
+//!    dropped (and reported to the swarm task, which counts it toward a
+//!    ban) and the chunk is fetched again from another.
+//! 3. Check the whole against the BlobRef id. If that fails, the manifest
+//!    lied: drop its provider and start again with the next one.
+//! 4. Store the blob and provide it in turn.
+//!
+//! It runs in the caller's task, using the client's primitive commands, so
+//! the swarm task never waits on a transfer.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use formic_protocol::ContentId;
+use formic_protocol::blob_transfer::{
+    BlobManifest, BlobRequest, BlobResponse, CHUNK_SIZE, MAX_BLOB_BYTES,
+};
+use formic_protocol::messages::BlobRef;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
+
+use super::client::{FetchError, FetchReport, NetworkClient, RequestError};
+
+/// Chunk requests in flight at once for one fetch.
+const PARALLEL_CHUNKS: usize = 4;
+
+/// Provider lookups before giving up when Kademlia finds nobody yet (a
+/// provider record may still be propagating).
+const PROVIDER_LOOKUPS: usize = 3;
+
+enum ChunkResult {
+    Good(Vec<u8>),
+    /// The peer sent data that does not match: drop and report it.
+    Bad(String),
+    /// The peer could not serve it (offline, not found, busy): drop it.
+    Unavailable(String),
+}
+
+async fn request_chunk(
+    client: &NetworkClient,
+    peer: PeerId,
+    id: ContentId,
+    index: u32,
+    manifest: &BlobManifest,
+) -> ChunkResult {
+    let expected_len = BlobManifest::chunk_len(manifest.size, index) as usize;
+    match client
+        .blob_request(peer, BlobRequest::Chunk { id, index })
+        .await
+    {
+        Ok(BlobResponse::Chunk(bytes)) => {
+            if bytes.len() != expected_len {
+                ChunkResult::Bad(format!(
+                    "chunk {index} is {} bytes, expected {expected_len}",
+                    bytes.len()
+                ))
+            } else if manifest.chunks.get(index as usize) != Some(&ContentId::of(&bytes)) {
+                ChunkResult::Bad(format!(
+                    "chunk {index} of blob {} does not match its blake3 digest",
+                    id.short()
+                ))
+            } else {
+                ChunkResult::Good(bytes)
+            }
+        }
+        Ok(BlobResponse::NotFound) => ChunkResult::Unavailable("not found".into()),
+        Ok(BlobResponse::Refused(r)) => ChunkResult::Unavailable(format!("refused: {r}")),
+        Ok(BlobResponse::Manifest(_)) => {
+            ChunkResult::Bad("answered a chunk request with a manifest".into())
+        }
+        Err(RequestError::Malformed(e)) => ChunkResult::Bad(format!("malformed response: {e}")),
+        Err(e) => ChunkResult::Unavailable(e.to_string()),
+    }
+}
+
+async fn candidates(
+    client: &NetworkClient,
+    blob: &BlobRef,
+    preferred: &[PeerId],
+) -> Result<Vec<PeerId>, FetchError> {
+    let me = client.local_peer_id();
+    let mut out: Vec<PeerId> = Vec::new();
+    for p in preferred {
+        if *p != me && !out.contains(p) {
+            out.push(*p);
+        }
+    }
+    for attempt in 0..PROVIDER_LOOKUPS {
+        let found = client.find_providers(blob.id).await?;
+        for p in found {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        if !out.is_empty() {
+            break;
+        }
+        tracing::debug!(blob = %blob.id.short(), attempt, "no provider found yet");
+        tokio::time::sleep(std::time::Duration::from_millis(500 * (attempt as u64 + 1))).await;
+    }
+    if out.is_empty() {
+        return Err(FetchError::NoProviders(blob.id));
+    }
+    Ok(out)
+}
+
+/// See the module docs.
+pub(crate) async fn fetch(
+    client: &NetworkClient,
+    blob: BlobRef,
+    preferred: Vec<PeerId>,
+) -> Result<(Vec<u8>, FetchReport), FetchError> {
+    if blob.size > MAX_BLOB_BYTES {
+        return Err(FetchError::TooLarge(blob.size));
+    }
+    let store = Arc::clone(client.blob_store());
+    let id = blob.id;
+    let local = tokio::task::spawn_blocking(move || store.get(&id))
+        .await
+        .map_err(|e| FetchError::Join(e.to_string()))??;
+    if let Some(bytes) = local {
+        return Ok((bytes, FetchReport::default()));
+    }
+
+    let mut report = FetchReport::default();
+    let providers = candidates(client, &blob, &preferred).await?;
+    let tried = providers.len();
+    let mut bad: HashSet<PeerId> = HashSet::new();
+    let mut last_error = String::from("no provider answered");
+
+    for manifest_source in providers.clone() {
+        if bad.contains(&manifest_source) {
+            continue;
+        }
+        let manifest = match client
+            .blob_request(manifest_source, BlobRequest::Manifest { id: blob.id })
+            .await
+        {
+            Ok(BlobResponse::Manifest(m)) => match m.check(&blob) {
+                Ok(()) => m,
+                Err(e) => {
+                    reject(
+                        client,
+                        &mut report,
+                        &mut bad,
+                        manifest_source,
+                        format!("bad manifest: {e}"),
+                    )
+                    .await;
+                    last_error = e.to_string();
+                    continue;
+                }
+            },
+            Ok(other) => {
+                last_error = format!(
+                    "{manifest_source} answered the manifest request with {}",
+                    describe(&other)
+                );
+                bad.insert(manifest_source);
+                continue;
+            }
+            Err(e) => {
+                last_error = format!("{manifest_source}: {e}");
+                bad.insert(manifest_source);
+                continue;
+            }
+        };
+
+        match fetch_chunks(client, &blob, &manifest, &providers, &mut bad, &mut report).await {
+            Ok(bytes) if ContentId::of(&bytes) == blob.id => {
+                let store = Arc::clone(client.blob_store());
+                let stored = tokio::task::spawn_blocking(move || {
+                    store.put_verified(&blob, &bytes).map(|()| bytes)
+                })
+                .await
+                .map_err(|e| FetchError::Join(e.to_string()))??;
+                // Provide it in turn, so the blob survives its publisher
+                // going offline. Failing to announce is not failing to fetch.
+                if let Err(e) = client.provide(blob.id).await {
+                    tracing::warn!(blob = %blob.id.short(), error = %e, "fetched blob but could not provide it");
+                }
+                tracing::info!(blob = %blob.id.short(), size = blob.size, served_by = report.served_by.len(),
+                    rejected = report.rejected.len(), "fetched blob");
+                return Ok((stored, report));
+            }
+            Ok(_) => {
+                // Every chunk matched the manifest but the whole does not
+                // match the id: the manifest itself was forged.
+                last_error =
+                    format!("manifest from {manifest_source} does not add up to the blob id");
+                reject(
+                    client,
+                    &mut report,
+                    &mut bad,
+                    manifest_source,
+                    last_error.clone(),
+                )
+                .await;
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(FetchError::AllProvidersFailed {
+        id: blob.id,
+        tried,
+        last: last_error,
+    })
+}
+
+fn describe(r: &BlobResponse) -> &'static str {
+    match r {
+        BlobResponse::Manifest(_) => "a manifest",
+        BlobResponse::Chunk(_) => "a chunk",
+        BlobResponse::NotFound => "not found",
+        BlobResponse::Refused(_) => "a refusal",
+    }
+}
+
+async fn reject(
+    client: &NetworkClient,
+    report: &mut FetchReport,
+    bad: &mut HashSet<PeerId>,
+    peer: PeerId,
+    reason: String,
+) {
+    tracing::warn!(%peer, %reason, "blob provider sent bad data; dropping it");
+    bad.insert(peer);
+    report.rejected.push((peer, reason.clone()));
+    let _ = client.report_misbehaviour(peer, reason).await;
+}
+
+/// Fetches every chunk of `manifest` from the providers not in `bad`.
+async fn fetch_chunks(
+    client: &NetworkClient,
+    blob: &BlobRef,
+    manifest: &BlobManifest,
+    providers: &[PeerId],
+    bad: &mut HashSet<PeerId>,
+    report: &mut FetchReport,
+) -> Result<Vec<u8>, String> {
+    let count = manifest.chunks.len();
+    let mut chunks: Vec<Option<Vec<u8>>> = vec![None; count];
+    let mut todo: VecDeque<u32> = (0..count as u32).collect();
+    let mut unavailable: HashSet<PeerId> = HashSet::new();
+    let mut next_peer = 0usize;
+    let mut in_flight = FuturesUnordered::new();
+    let mut last_error = String::from("no usable provider");
+
+    loop {
+        while in_flight.len() < PARALLEL_CHUNKS {
+            let Some(index) = todo.pop_front() else { break };
+            let usable: Vec<PeerId> = providers
+                .iter()
+                .filter(|p| !bad.contains(p) && !unavailable.contains(p))
+                .copied()
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "no provider left for blob {} ({last_error})",
+                    blob.id.short()
+                ));
+            }
+            let peer = usable[next_peer % usable.len()];
+            next_peer += 1;
+            in_flight.push(async move {
+                (
+                    peer,
+                    index,
+                    request_chunk(client, peer, blob.id, index, manifest).await,
+                )
+            });
+        }
+        let Some((peer, index, result)) = in_flight.next().await else {
+            break;
+        };
+        match result {
+            ChunkResult::Good(bytes) => {
+                if !report.served_by.contains(&peer) {
+                    report.served_by.push(peer);
+                }
+                chunks[index as usize] = Some(bytes);
+            }
+            ChunkResult::Bad(reason) => {
+                if !bad.contains(&peer) {
+                    reject(client, report, bad, peer, reason.clone()).await;
+                }
+                last_error = reason;
+                report.refetched_chunks += 1;
+                todo.push_back(index);
+            }
+            ChunkResult::Unavailable(reason) => {
+                tracing::debug!(%peer, %reason, chunk = index, "provider could not serve a chunk");
+                unavailable.insert(peer);
+                last_error = format!("{peer}: {reason}");
+                report.refetched_chunks += 1;
+                todo.push_back(index);
+            }
+        }
+    }
+    let mut whole = Vec::with_capacity(
+        usize::try_from(manifest.size)
+            .unwrap_or(0)
+            .min(count * CHUNK_SIZE),
+    );
+    for chunk in chunks {
+        match chunk {
+            Some(c) => whole.extend_from_slice(&c),
+            None => return Err("a chunk went missing".into()),
+        }
+    }
+    Ok(whole)
+}

@@ -1,0 +1,400 @@
+//! The peer-to-peer layer: one task owns the libp2p Swarm; the rest of the
+//! node talks to it through a typed [`NetworkClient`] and hears from it
+//! through [`NetworkEvent`]s.
+//!
+//! What runs here (see docs/ARCHITECTURE.md, "Networking"):
+//! - transports TCP and QUIC with noise, yamux and DNS;
+//! - identify feeding Kademlia (`/formic/kad/1.0.0`) by hand, only for peers
+//!   that speak it; Kademlia in client mode until an external address is
+//!   confirmed, or server mode when forced (bootstrap nodes, LANs);
+//! - gossipsub with signed messages, one explicit size cap on every peer,
+//!   message id = blake3 of the data, manual validation (decode + signature
+//!   → Accept / Reject / Ignore) and peer scoring, plus a bounded queue that
+//!   retries publishing until peers subscribe;
+//! - the blob exchange (chunked, blake3-verified, providers in Kademlia) and
+//!   pull-sync of per-project records, both request-response protocols with
+//!   Formic's canonical codec;
+//! - connection management: a cap on connections, pruning of idle peers
+//!   outside the gossip mesh, a memory ceiling, and a block list for peers
+//!   that keep sending malformed messages.
+//!
+//! Every channel is bounded. Events are dropped (and counted) rather than
+//! blocking the swarm when the node does not keep up: the record store is
+//! the authoritative copy and pull-sync recovers anything missed.
+
+mod behaviour;
+mod client;
+pub mod codec;
+mod fetch;
+mod peers_file;
+pub mod records;
+mod swarm_task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use formic_protocol::messages::{Gossip, ProjectId};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use client::{
+    ClientError, FetchError, FetchReport, NetworkClient, PublishError, PublishOutcome,
+    PutBlobError, SubscribeError, SyncReport,
+};
+pub use records::{RecordLimits, RecordStore};
+
+use crate::blob_store::{BlobStore, BlobStoreStats};
+
+/// Kademlia protocol name: our own, so Formic peers never mix routing tables
+/// with the public IPFS DHT.
+pub const KAD_PROTOCOL: &str = "/formic/kad/1.0.0";
+
+/// identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/formic/id/1.0.0";
+
+/// Name of the global announcement topic.
+pub const ANNOUNCE_TOPIC: &str = "formic/announce";
+
+/// Room gossipsub needs around our payload (protobuf framing, sender key,
+/// signature, sequence number, topic).
+pub const GOSSIP_ENVELOPE_OVERHEAD: usize = 2048;
+
+/// A gossipsub topic Formic uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `formic/announce`: new projects and batches.
+    Announce,
+    /// `formic/p/<ProjectId>`: a project's claims, commits and reveals.
+    Project(ProjectId),
+}
+
+impl Topic {
+    /// The topic's name on the wire.
+    pub fn name(&self) -> String {
+        match self {
+            Topic::Announce => ANNOUNCE_TOPIC.to_owned(),
+            Topic::Project(p) => format!("formic/p/{p}"),
+        }
+    }
+
+    pub(crate) fn ident(&self) -> libp2p::gossipsub::IdentTopic {
+        libp2p::gossipsub::IdentTopic::new(self.name())
+    }
+}
+
+/// Limits that keep a node's resources bounded.
+#[derive(Debug, Clone)]
+pub struct NetworkLimits {
+    /// Most established connections in total.
+    pub max_connections: u32,
+    /// Most established connections to one peer.
+    pub max_connections_per_peer: u32,
+    /// Most connections being set up at once, each way.
+    pub max_pending: u32,
+    /// Above this many connected peers, idle peers outside the gossip mesh
+    /// are disconnected (down to this number).
+    pub prune_above: usize,
+    /// A peer counts as idle after this long without a message or request.
+    pub idle_after: Duration,
+    /// Fraction of system memory above which new connections are refused.
+    pub max_memory_fraction: f64,
+    /// Gossip messages waiting for subscribers.
+    pub publish_queue: usize,
+    /// Events waiting for the node to read them.
+    pub event_queue: usize,
+    /// Commands waiting for the swarm task.
+    pub command_queue: usize,
+    /// Malformed messages after which a peer is disconnected and blocked.
+    pub strikes_before_ban: u32,
+    pub records: RecordLimits,
+}
+
+impl Default for NetworkLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50,
+            max_connections_per_peer: 2,
+            max_pending: 32,
+            prune_above: 25,
+            idle_after: Duration::from_secs(30),
+            max_memory_fraction: 0.9,
+            publish_queue: 256,
+            event_queue: 1024,
+            command_queue: 256,
+            strikes_before_ban: 8,
+            records: RecordLimits::default(),
+        }
+    }
+}
+
+/// Deliberate misbehaviour, for tests of the peers that must cope with it.
+#[derive(Debug, Clone, Default)]
+#[doc(hidden)]
+pub struct FaultInjection {
+    /// Serve every blob chunk with one byte flipped.
+    pub corrupt_chunks: bool,
+}
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Holds the identity, blobs, known peers and API files.
+    pub data_dir: PathBuf,
+    /// The node's key; `None` loads or creates `<data_dir>/identity.key`.
+    pub keypair: Option<Keypair>,
+    /// Addresses to listen on (TCP and/or QUIC; port 0 picks one).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through (with or without `/p2p/<PeerId>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network.
+    pub mdns: bool,
+    /// Force Kademlia server mode (bootstrap nodes, LAN and test networks),
+    /// instead of client mode until an external address is confirmed.
+    pub kad_server: bool,
+    /// Serve the control API on this address (127.0.0.1 only).
+    pub api_addr: Option<SocketAddr>,
+    /// How often Kademlia re-bootstraps: short so a fresh network converges
+    /// in seconds (the libp2p default of 5 minutes leaves peers isolated).
+    pub bootstrap_interval: Duration,
+    pub limits: NetworkLimits,
+    #[doc(hidden)]
+    pub fault: FaultInjection,
+}
+
+impl NodeConfig {
+    /// A node with defaults: listens on all interfaces on `port` over TCP
+    /// and QUIC, mDNS on, API on 127.0.0.1 with a free port.
+    pub fn new(data_dir: PathBuf, port: u16) -> Self {
+        Self {
+            data_dir,
+            keypair: None,
+            listen: default_listen(port),
+            bootstrap: Vec::new(),
+            mdns: true,
+            kad_server: false,
+            api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            bootstrap_interval: Duration::from_secs(5),
+            limits: NetworkLimits::default(),
+            fault: FaultInjection::default(),
+        }
+    }
+
+    /// A node for tests and local demos: loopback TCP on a free port, no
+    /// mDNS, no API, Kademlia server mode.
+    pub fn local(data_dir: PathBuf) -> Self {
+        Self {
+            listen: vec![loopback_tcp()],
+            mdns: false,
+            kad_server: true,
+            api_addr: None,
+            ..Self::new(data_dir, 0)
+        }
+    }
+}
+
+/// `/ip4/0.0.0.0/tcp/<port>` and `/ip4/0.0.0.0/udp/<port>/quic-v1`.
+pub fn default_listen(port: u16) -> Vec<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let any = Multiaddr::empty().with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED));
+    vec![
+        any.clone().with(Protocol::Tcp(port)),
+        any.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+    ]
+}
+
+/// `/ip4/127.0.0.1/tcp/0`.
+pub fn loopback_tcp() -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Tcp(0))
+}
+
+/// `/ip4/127.0.0.1/udp/0/quic-v1`.
+pub fn loopback_quic() -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Udp(0))
+        .with(Protocol::QuicV1)
+}
+
+/// How a record reached this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordVia {
+    /// Gossip, forwarded by `propagation_source`.
+    Gossip { propagation_source: PeerId },
+    /// Pull-sync from that peer.
+    Sync { peer: PeerId },
+}
+
+/// What the network tells the rest of the node.
+#[derive(Debug, Clone)]
+pub enum NetworkEvent {
+    /// A new, verified record (each record is reported once).
+    Record {
+        /// The peer that originally published it (gossip), or served it (sync).
+        source: PeerId,
+        via: RecordVia,
+        project: ProjectId,
+        gossip: Gossip,
+    },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    /// A peer sent something malformed, oversized or forged.
+    PeerMisbehaved {
+        peer: PeerId,
+        reason: String,
+    },
+    /// A peer misbehaved too often and was disconnected and blocked.
+    PeerBanned(PeerId),
+}
+
+/// What `formic status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub peer_id: String,
+    /// Listen addresses, each ending in `/p2p/<PeerId>`.
+    pub listen_addrs: Vec<String>,
+    pub external_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<String>,
+    pub connections: usize,
+    pub routing_table_size: usize,
+    pub kad_mode: String,
+    pub topics: Vec<String>,
+    pub mesh_peers: usize,
+    pub records: usize,
+    pub projects: usize,
+    pub publish_queue: usize,
+    pub dropped_events: u64,
+    pub blob_store: BlobStoreStats,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::KeyFileError),
+    #[error(transparent)]
+    BlobStore(#[from] crate::blob_store::BlobStoreError),
+    #[error("cannot set up the transports: {0}")]
+    Transport(String),
+    #[error("cannot set up the network behaviour: {0}")]
+    Behaviour(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("no listen address came up within {0:?}")]
+    ListenTimeout(Duration),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+}
+
+/// Why a node did not shut down cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("the network task panicked or was cancelled: {0}")]
+    Task(String),
+}
+
+/// A started node: its identity, addresses, client and events.
+pub struct RunningNode {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    client: NetworkClient,
+    events: Option<mpsc::Receiver<NetworkEvent>>,
+    task: tokio::task::JoinHandle<()>,
+    api: Option<crate::api::ApiServer>,
+}
+
+impl RunningNode {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses it listened on at start, without `/p2p/`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The listen addresses with `/p2p/<PeerId>`, ready to bootstrap from.
+    pub fn dial_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs
+            .iter()
+            .map(|a| a.clone().with_p2p(self.peer_id).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// A handle to the network; clone it freely.
+    pub fn client(&self) -> NetworkClient {
+        self.client.clone()
+    }
+
+    /// The event stream; `None` after it was taken.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<NetworkEvent>> {
+        self.events.take()
+    }
+
+    /// The event stream, borrowed (panics never: returns `None` once taken).
+    pub fn events(&mut self) -> Option<&mut mpsc::Receiver<NetworkEvent>> {
+        self.events.as_mut()
+    }
+
+    /// Where the control API listens, if it runs.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|a| a.addr())
+    }
+
+    /// Stops the API, saves known peers, closes every connection and waits
+    /// for the network task to end.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        if let Some(api) = self.api {
+            api.shutdown().await;
+        }
+        self.client.shutdown().await;
+        self.task
+            .await
+            .map_err(|e| ShutdownError::Task(e.to_string()))
+    }
+}
+
+/// Starts a node: builds the swarm, listens, dials the bootstrap peers,
+/// spawns the network task (and the control API when configured). Must be
+/// called inside a Tokio runtime.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let keypair = match config.keypair.clone() {
+        Some(k) => k,
+        None => crate::identity::load_or_create_node_identity(&config.data_dir)?,
+    };
+    let store = Arc::new(BlobStore::open(&config.data_dir)?);
+    let (cmd_tx, cmd_rx) = mpsc::channel(config.limits.command_queue);
+    let (ev_tx, ev_rx) = mpsc::channel(config.limits.event_queue);
+    let (task, peer_id, listen_addrs) =
+        swarm_task::spawn(&config, keypair, Arc::clone(&store), cmd_rx, ev_tx).await?;
+    let client = NetworkClient::new(cmd_tx, peer_id, store);
+    let api = match config.api_addr {
+        Some(addr) => Some(crate::api::serve(client.clone(), &config.data_dir, addr).await?),
+        None => None,
+    };
+    Ok(RunningNode {
+        peer_id,
+        listen_addrs,
+        client,
+        events: Some(ev_rx),
+        task,
+        api,
+    })
+}

@@ -1,0 +1,191 @@
+//! The per-project record store: every verified gossip record this node has
+//! seen, which pull-sync serves to peers that join or restart.
+//!
+//! Records are deduplicated by the blake3 of their bytes and kept in arrival
+//! order per project, so a sync cursor is simply a position in that order.
+//! It lives in memory for now behind this small type so that persisting it
+//! later changes nothing for its users. It is bounded: a project keeps at
+//! most `max_per_project` records and the store at most `max_projects`
+//! projects; beyond that new records are refused (and logged), never
+//! allowed to grow memory without limit.
+
+use std::collections::{HashMap, HashSet};
+
+use formic_protocol::ContentId;
+use formic_protocol::messages::{Gossip, ProjectId};
+use formic_protocol::signed::{SignerKey, VerifyError};
+
+/// Limits of a [`RecordStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordLimits {
+    pub max_projects: usize,
+    pub max_per_project: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        Self {
+            max_projects: 1024,
+            max_per_project: 1_000_000,
+        }
+    }
+}
+
+/// Outcome of [`RecordStore::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Duplicate,
+    /// Over a limit; the record was dropped.
+    Full,
+}
+
+#[derive(Debug, Default)]
+struct ProjectLog {
+    seen: HashSet<ContentId>,
+    records: Vec<Vec<u8>>,
+}
+
+/// Verified records by project.
+#[derive(Debug, Default)]
+pub struct RecordStore {
+    limits: RecordLimits,
+    projects: HashMap<ProjectId, ProjectLog>,
+}
+
+/// Checks a record's signature and returns its signer and project.
+pub fn verify_record(gossip: &Gossip) -> Result<(SignerKey, ProjectId), VerifyError> {
+    let project = match gossip {
+        Gossip::Announce(s) => s.verify()?.project,
+        Gossip::Claim(s) => s.verify()?.unit.project,
+        Gossip::Commit(s) => s.verify()?.unit.project,
+        Gossip::Reveal(s) => s.verify()?.unit.project,
+        Gossip::SpotCheckKey(s) => s.verify()?.project,
+    };
+    let signer = match gossip {
+        Gossip::Announce(s) => s.signer(),
+        Gossip::Claim(s) => s.signer(),
+        Gossip::Commit(s) => s.signer(),
+        Gossip::Reveal(s) => s.signer(),
+        Gossip::SpotCheckKey(s) => s.signer(),
+    };
+    Ok((signer, project))
+}
+
+impl RecordStore {
+    pub fn new(limits: RecordLimits) -> Self {
+        Self {
+            limits,
+            projects: HashMap::new(),
+        }
+    }
+
+    /// Whether these exact bytes are already stored for `project`.
+    pub fn contains(&self, project: &ProjectId, bytes: &[u8]) -> bool {
+        self.projects
+            .get(project)
+            .is_some_and(|log| log.seen.contains(&ContentId::of(bytes)))
+    }
+
+    /// Adds a record the caller has already verified.
+    pub fn insert(&mut self, project: ProjectId, bytes: Vec<u8>) -> Inserted {
+        if !self.projects.contains_key(&project) && self.projects.len() >= self.limits.max_projects
+        {
+            tracing::warn!(%project, "record store is full of projects; dropping record");
+            return Inserted::Full;
+        }
+        let log = self.projects.entry(project).or_default();
+        let id = ContentId::of(&bytes);
+        if log.seen.contains(&id) {
+            return Inserted::Duplicate;
+        }
+        if log.records.len() >= self.limits.max_per_project {
+            tracing::warn!(%project, "project's record log is full; dropping record");
+            return Inserted::Full;
+        }
+        log.seen.insert(id);
+        log.records.push(bytes);
+        Inserted::New
+    }
+
+    /// Up to `limit` records from position `cursor`, with at most `max_bytes`
+    /// in total, and where the next page starts (None when done).
+    pub fn page(
+        &self,
+        project: &ProjectId,
+        cursor: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<Vec<u8>>, Option<u64>) {
+        let Some(log) = self.projects.get(project) else {
+            return (Vec::new(), None);
+        };
+        let start = usize::try_from(cursor)
+            .unwrap_or(usize::MAX)
+            .min(log.records.len());
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut pos = start;
+        while pos < log.records.len() && out.len() < limit {
+            let rec = &log.records[pos];
+            // Per-record CBOR framing is a few bytes; 16 is a safe margin.
+            if bytes + rec.len() + 16 > max_bytes && !out.is_empty() {
+                break;
+            }
+            bytes += rec.len() + 16;
+            out.push(rec.clone());
+            pos += 1;
+        }
+        let next = (pos < log.records.len()).then_some(pos as u64);
+        (out, next)
+    }
+
+    /// Every record of `project`, in arrival order.
+    pub fn records(&self, project: &ProjectId) -> Vec<Vec<u8>> {
+        self.projects
+            .get(project)
+            .map(|l| l.records.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of records over all projects.
+    pub fn len(&self) -> usize {
+        self.projects.values().map(|l| l.records.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Projects with at least one record.
+    pub fn projects(&self) -> Vec<ProjectId> {
+        self.projects.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedups_and_pages() {
+        let mut store = RecordStore::new(RecordLimits {
+            max_projects: 1,
+            max_per_project: 3,
+        });
+        let p = ContentId::of(b"p");
+        assert_eq!(store.insert(p, vec![1]), Inserted::New);
+        assert_eq!(store.insert(p, vec![1]), Inserted::Duplicate);
+        assert_eq!(store.insert(p, vec![2]), Inserted::New);
+        assert_eq!(store.insert(p, vec![3]), Inserted::New);
+        assert_eq!(store.insert(p, vec![4]), Inserted::Full);
+        assert_eq!(store.insert(ContentId::of(b"q"), vec![1]), Inserted::Full);
+        let (page, next) = store.page(&p, 0, 2, 1 << 20);
+        assert_eq!(page, vec![vec![1], vec![2]]);
+        assert_eq!(next, Some(2));
+        let (page, next) = store.page(&p, 2, 2, 1 << 20);
+        assert_eq!(page, vec![vec![3]]);
+        assert_eq!(next, None);
+        assert_eq!(store.page(&p, 99, 2, 1 << 20), (vec![], None));
+    }
+}

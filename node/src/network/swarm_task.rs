@@ -1,0 +1,1195 @@
+//! The one task that owns the Swarm: it serves the client's commands, turns
+//! swarm events into domain events, validates gossip, serves blobs and sync
+//! pages, and manages connections.
+//!
+//! Nothing in here blocks: disk reads for blob chunks run on the blocking
+//! pool and come back through a bounded channel; transfers are driven by the
+//! client side (see `fetch`), the task only routes requests and responses.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use formic_protocol::DecodeError;
+use formic_protocol::blob_transfer::{BlobRequest, BlobResponse};
+use formic_protocol::messages::{Gossip, ProjectId};
+use formic_protocol::sync::{
+    MAX_RECORDS_PER_PAGE, MAX_SYNC_RESPONSE_BYTES, RecordBytes, SyncRequest, SyncResponse,
+};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::behaviour::{Behaviour, BehaviourEvent, build_swarm, topic_score_params};
+use super::client::{
+    Command, PublishError, PublishOutcome, RequestError, SubscribeError, SyncReport,
+};
+use super::records::{Inserted, RecordStore, verify_record};
+use super::{
+    FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, NodeConfig,
+    RecordVia, StartError, Topic, peers_file,
+};
+use crate::blob_store::{BlobStore, BlobStoreStats};
+
+/// How long `start` waits for the listeners to come up.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Housekeeping period: publish retries, pruning, peers file.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Connection pruning runs every this many ticks.
+const PRUNE_EVERY_TICKS: u64 = 5;
+
+/// The peers file is rewritten every this many ticks.
+const SAVE_PEERS_EVERY_TICKS: u64 = 60;
+
+/// Queued publications older than this are dropped (they stay in the record
+/// store, so pull-sync still delivers them).
+const PUBLISH_QUEUE_TTL: Duration = Duration::from_secs(600);
+
+/// A re-bootstrap triggered by a new Kademlia peer waits at least this long
+/// after the previous one, so a burst of identifies costs one query.
+const REBOOTSTRAP_GAP: Duration = Duration::from_secs(1);
+
+/// Blob disk reads at once.
+const BLOB_READERS: usize = 8;
+
+/// Most pages pulled from one peer in one sync (a runaway cursor stops).
+const MAX_SYNC_PAGES: u32 = 10_000;
+
+/// Peers synced with at once for one `sync_records` call.
+const SYNC_FANOUT: usize = 4;
+
+/// Most blocked peers remembered (so a Sybil flood cannot grow it forever).
+const MAX_BLOCKED: usize = 4096;
+
+type BlobChannel = ResponseChannel<Result<BlobResponse, DecodeError>>;
+
+struct QueuedPublish {
+    topic: TopicHash,
+    bytes: Vec<u8>,
+    queued_at: Instant,
+}
+
+struct SyncJob {
+    peer: PeerId,
+    project: ProjectId,
+    op: Option<u64>,
+    pages: u32,
+}
+
+struct SyncOp {
+    outstanding: usize,
+    report: SyncReport,
+    reply: oneshot::Sender<SyncReport>,
+}
+
+struct Task {
+    swarm: Swarm<Behaviour>,
+    peer_id: PeerId,
+    data_dir: PathBuf,
+    limits: NetworkLimits,
+    fault: FaultInjection,
+    store: Arc<BlobStore>,
+    records: RecordStore,
+    events: mpsc::Sender<NetworkEvent>,
+    dropped_events: u64,
+    blob_io: mpsc::Sender<(BlobChannel, BlobResponse)>,
+    blob_readers: Arc<Semaphore>,
+    bootstrap_peers: HashSet<PeerId>,
+    kad_peers: HashSet<PeerId>,
+    last_bootstrap: Option<Instant>,
+    project_topics: HashMap<TopicHash, ProjectId>,
+    publish_queue: VecDeque<QueuedPublish>,
+    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
+    pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
+    pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, RequestError>>>,
+    pending_sync: HashMap<OutboundRequestId, SyncJob>,
+    sync_ops: HashMap<u64, SyncOp>,
+    next_sync_op: u64,
+    synced_with: HashSet<(PeerId, ProjectId)>,
+    strikes: HashMap<PeerId, u32>,
+    blocked: HashSet<PeerId>,
+    last_activity: HashMap<PeerId, Instant>,
+    ticks: u64,
+}
+
+/// Builds the swarm, starts listening and dialing, and spawns the task.
+/// Returns once every listener has an address.
+pub(crate) async fn spawn(
+    config: &NodeConfig,
+    keypair: Keypair,
+    store: Arc<BlobStore>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+) -> Result<(tokio::task::JoinHandle<()>, PeerId, Vec<Multiaddr>), StartError> {
+    let peer_id = keypair.public().to_peer_id();
+    let mut swarm = build_swarm(keypair, config)?;
+
+    let mut listeners = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners.insert(id);
+    }
+    let mut listen_addrs = Vec::new();
+    let wait = async {
+        while !listeners.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    tracing::info!(address = %address.clone().with_p2p(peer_id).unwrap_or_else(|a| a), "listening");
+                    listeners.remove(&listener_id);
+                    listen_addrs.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    addresses,
+                } => {
+                    return Err(StartError::Listen {
+                        addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        reason: format!("listener {listener_id:?} closed: {reason:?}"),
+                    });
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(StartError::Listen {
+                        addr: Multiaddr::empty(),
+                        reason: error.to_string(),
+                    });
+                }
+                other => tracing::trace!(event = ?other, "swarm event before listening"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LISTEN_TIMEOUT, wait)
+        .await
+        .map_err(|_| StartError::ListenTimeout(LISTEN_TIMEOUT))??;
+
+    let (blob_io, blob_io_rx) = mpsc::channel(64);
+    let mut task = Task {
+        swarm,
+        peer_id,
+        data_dir: config.data_dir.clone(),
+        limits: config.limits.clone(),
+        fault: config.fault.clone(),
+        store,
+        records: RecordStore::new(config.limits.records),
+        events,
+        dropped_events: 0,
+        blob_io,
+        blob_readers: Arc::new(Semaphore::new(BLOB_READERS)),
+        bootstrap_peers: HashSet::new(),
+        kad_peers: HashSet::new(),
+        last_bootstrap: None,
+        project_topics: HashMap::new(),
+        publish_queue: VecDeque::new(),
+        pending_providers: HashMap::new(),
+        pending_provide: HashMap::new(),
+        pending_blob: HashMap::new(),
+        pending_sync: HashMap::new(),
+        sync_ops: HashMap::new(),
+        next_sync_op: 0,
+        synced_with: HashSet::new(),
+        strikes: HashMap::new(),
+        blocked: HashSet::new(),
+        last_activity: HashMap::new(),
+        ticks: 0,
+    };
+    task.join(&config.bootstrap);
+    task.provide_stored_blobs().await;
+    let handle = tokio::spawn(task.run(commands, blob_io_rx));
+    Ok((handle, peer_id, listen_addrs))
+}
+
+/// Splits `/…/p2p/<id>` into the id and the address before it.
+fn split_p2p(addr: &Multiaddr) -> (Option<PeerId>, Multiaddr) {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => (Some(peer), base),
+        _ => (None, addr.clone()),
+    }
+}
+
+impl Task {
+    /// Dials the bootstrap list and the peers remembered from the last run.
+    fn join(&mut self, bootstrap: &[Multiaddr]) {
+        for addr in bootstrap {
+            let (peer, base) = split_p2p(addr);
+            if let Some(peer) = peer {
+                self.bootstrap_peers.insert(peer);
+                self.swarm.behaviour_mut().kad.add_address(&peer, base);
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(address = %addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        for (peer, addrs) in peers_file::load(&self.data_dir) {
+            if peer == self.peer_id {
+                continue;
+            }
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial remembered peer");
+            }
+        }
+    }
+
+    /// Re-announces every stored blob (a restarted node is still a provider).
+    async fn provide_stored_blobs(&mut self) {
+        let store = Arc::clone(&self.store);
+        let ids = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .unwrap_or_default();
+        for id in ids {
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(kad::RecordKey::new(id.as_bytes()))
+            {
+                tracing::warn!(blob = %id.short(), error = %e, "cannot provide stored blob");
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut blob_io: mpsc::Receiver<(BlobChannel, BlobResponse)>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.save_peers();
+                        tracing::info!("network stopped");
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every client is gone: nobody can use the network.
+                    None => {
+                        self.save_peers();
+                        return;
+                    }
+                },
+                Some((channel, response)) = blob_io.recv() => {
+                    let _ = self.swarm.behaviour_mut().blobs.send_response(channel, Ok(response));
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn emit(&mut self, event: NetworkEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_events += 1;
+                if self.dropped_events.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = self.dropped_events,
+                        "node is not reading network events; dropping"
+                    );
+                }
+            }
+            // Nobody listens (e.g. a bare relay node): fine.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn touch(&mut self, peer: PeerId) {
+        self.last_activity.insert(peer, Instant::now());
+    }
+
+    /// Counts a misbehaviour; blocks the peer once it has too many.
+    fn strike(&mut self, peer: PeerId, reason: String) {
+        tracing::warn!(%peer, %reason, "peer misbehaved");
+        if self.strikes.len() > MAX_BLOCKED && !self.strikes.contains_key(&peer) {
+            self.strikes.clear();
+        }
+        let n = self.strikes.entry(peer).or_insert(0);
+        *n += 1;
+        let n = *n;
+        self.emit(NetworkEvent::PeerMisbehaved { peer, reason });
+        if n >= self.limits.strikes_before_ban
+            && !self.blocked.contains(&peer)
+            && self.blocked.len() < MAX_BLOCKED
+        {
+            tracing::warn!(%peer, strikes = n, "blocking peer");
+            self.blocked.insert(peer);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.emit(NetworkEvent::PeerBanned(peer));
+        }
+    }
+
+    // ----- commands -----
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { topic, reply } => {
+                let _ = reply.send(self.subscribe(topic));
+            }
+            Command::Unsubscribe { topic, reply } => {
+                let ident = topic.ident();
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&ident);
+                self.project_topics.remove(&ident.hash());
+                let _ = reply.send(());
+            }
+            Command::Publish {
+                topic,
+                gossip,
+                reply,
+            } => {
+                let _ = reply.send(self.publish(topic, &gossip));
+            }
+            Command::Dial { addr, reply } => {
+                let (peer, base) = split_p2p(&addr);
+                if let Some(peer) = peer {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, base);
+                }
+                let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::RoutingTable { reply } => {
+                let mut peers = Vec::new();
+                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                    peers.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+                }
+                let _ = reply.send(peers);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::StartProviding { id, reply } => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(id.as_bytes()))
+                {
+                    Ok(qid) => {
+                        self.pending_provide.insert(qid, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Command::GetProviders { id, reply } => {
+                let qid = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(id.as_bytes()));
+                self.pending_providers.insert(qid, (HashSet::new(), reply));
+            }
+            Command::BlobRequest {
+                peer,
+                request,
+                reply,
+            } => {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_request(&peer, Ok(request));
+                self.pending_blob.insert(rid, reply);
+            }
+            Command::SyncProject { project, reply } => self.start_sync_op(project, reply),
+            Command::Records { project, reply } => {
+                let _ = reply.send(self.records.records(&project));
+            }
+            Command::ReportMisbehaviour { peer, reason } => self.strike(peer, reason),
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn subscribe(&mut self, topic: Topic) -> Result<(), SubscribeError> {
+        let ident = topic.ident();
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        gs.subscribe(&ident)
+            .map_err(|e| SubscribeError::Gossipsub(format!("{e:?}")))?;
+        gs.set_topic_params(ident.clone(), topic_score_params())
+            .map_err(|e| SubscribeError::Gossipsub(e.to_string()))?;
+        if let Topic::Project(project) = topic {
+            self.project_topics.insert(ident.hash(), project);
+            // Peers already in the topic hold what we missed.
+            let hash = ident.hash();
+            let peers: Vec<PeerId> = self
+                .swarm
+                .behaviour()
+                .gossipsub
+                .all_peers()
+                .filter(|(_, topics)| topics.contains(&&hash))
+                .map(|(p, _)| *p)
+                .collect();
+            for peer in peers {
+                self.auto_sync(peer, project);
+            }
+        }
+        tracing::info!(topic = %topic.name(), "subscribed");
+        Ok(())
+    }
+
+    fn publish(&mut self, topic: Topic, gossip: &Gossip) -> Result<PublishOutcome, PublishError> {
+        let (_, project) = verify_record(gossip)?;
+        match topic {
+            Topic::Project(p) if p != project => {
+                return Err(PublishError::WrongTopic {
+                    record: project,
+                    topic: topic.name(),
+                });
+            }
+            Topic::Announce if !matches!(gossip, Gossip::Announce(_)) => {
+                return Err(PublishError::WrongTopic {
+                    record: project,
+                    topic: topic.name(),
+                });
+            }
+            _ => {}
+        }
+        let bytes = gossip.to_bytes()?;
+        self.records.insert(project, bytes.clone());
+        let hash = topic.ident().hash();
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(hash.clone(), bytes.clone())
+        {
+            Ok(_) => Ok(PublishOutcome::Sent),
+            Err(gossipsub::PublishError::Duplicate) => Ok(PublishOutcome::Duplicate),
+            Err(
+                gossipsub::PublishError::NoPeersSubscribedToTopic
+                | gossipsub::PublishError::AllQueuesFull(_),
+            ) => {
+                if self.publish_queue.len() >= self.limits.publish_queue {
+                    return Err(PublishError::QueueFull(self.publish_queue.len()));
+                }
+                self.publish_queue.push_back(QueuedPublish {
+                    topic: hash,
+                    bytes,
+                    queued_at: Instant::now(),
+                });
+                Ok(PublishOutcome::Queued)
+            }
+            Err(e) => Err(PublishError::Gossipsub(e.to_string())),
+        }
+    }
+
+    /// Retries queued publications (on a tick, or when a peer subscribes).
+    fn retry_publish(&mut self) {
+        let mut keep = VecDeque::with_capacity(self.publish_queue.len());
+        while let Some(q) = self.publish_queue.pop_front() {
+            if q.queued_at.elapsed() > PUBLISH_QUEUE_TTL {
+                tracing::debug!(topic = %q.topic, "dropping stale queued publication");
+                continue;
+            }
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(q.topic.clone(), q.bytes.clone())
+            {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
+                    tracing::debug!(topic = %q.topic, "published queued message");
+                }
+                Err(
+                    gossipsub::PublishError::NoPeersSubscribedToTopic
+                    | gossipsub::PublishError::AllQueuesFull(_),
+                ) => keep.push_back(q),
+                Err(e) => {
+                    tracing::warn!(topic = %q.topic, error = %e, "dropping queued publication")
+                }
+            }
+        }
+        self.publish_queue = keep;
+    }
+
+    fn status(&mut self) -> NetworkStatus {
+        let peer_id = self.peer_id;
+        let with_p2p = |a: &Multiaddr| {
+            a.clone()
+                .with_p2p(peer_id)
+                .unwrap_or_else(|a| a)
+                .to_string()
+        };
+        let listen_addrs = self.swarm.listeners().map(with_p2p).collect();
+        let external_addrs = self.swarm.external_addresses().map(with_p2p).collect();
+        let peers = self
+            .swarm
+            .connected_peers()
+            .map(|p| p.to_string())
+            .collect();
+        let connections = self.swarm.network_info().num_peers();
+        let b = self.swarm.behaviour_mut();
+        let routing_table_size = b.kad.kbuckets().map(|bucket| bucket.num_entries()).sum();
+        let kad_mode = b.kad.mode().to_string();
+        let topics = b.gossipsub.topics().map(|t| t.to_string()).collect();
+        let mesh_peers = b.gossipsub.all_mesh_peers().count();
+        NetworkStatus {
+            peer_id: peer_id.to_string(),
+            listen_addrs,
+            external_addrs,
+            peers,
+            connections,
+            routing_table_size,
+            kad_mode,
+            topics,
+            mesh_peers,
+            records: self.records.len(),
+            projects: self.records.projects().len(),
+            publish_queue: self.publish_queue.len(),
+            dropped_events: self.dropped_events,
+            blob_store: BlobStoreStats::default(),
+        }
+    }
+
+    // ----- swarm events -----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(address = %address.with_p2p(self.peer_id).unwrap_or_else(|a| a), "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                self.touch(peer_id);
+                if num_established.get() == 1 {
+                    self.emit(NetworkEvent::PeerConnected(peer_id));
+                }
+                if self.bootstrap_peers.contains(&peer_id) {
+                    self.bootstrap();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                    self.last_activity.remove(&peer_id);
+                    self.synced_with.retain(|(p, _)| *p != peer_id);
+                    self.emit(NetworkEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(error = %error, "incoming connection failed");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            _ => {}
+        }
+    }
+
+    fn bootstrap(&mut self) {
+        if self
+            .last_bootstrap
+            .is_some_and(|t| t.elapsed() < REBOOTSTRAP_GAP)
+        {
+            return;
+        }
+        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.last_bootstrap = Some(Instant::now());
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Only peers that speak our Kademlia protocol go into the
+                // routing table, with the addresses they listen on.
+                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    // A peer newly reachable over Kademlia: look around again
+                    // now rather than at the next periodic bootstrap.
+                    if self.kad_peers.len() < 100_000 && self.kad_peers.insert(peer_id) {
+                        self.bootstrap();
+                    }
+                }
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Blobs(event) => self.on_blob_event(event),
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = event
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::GetProviders(result) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                    && let Some((found, _)) = self.pending_providers.get_mut(&id)
+                {
+                    found.extend(providers);
+                }
+                if step.last
+                    && let Some((found, reply)) = self.pending_providers.remove(&id)
+                {
+                    let _ = reply.send(found);
+                }
+            }
+            kad::QueryResult::StartProviding(result) => {
+                if let Some(reply) = self.pending_provide.remove(&id) {
+                    // With no peer reachable yet the record is still stored
+                    // locally and republished later: not an error for the caller.
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "provider record not replicated yet");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            kad::QueryResult::Bootstrap(Ok(ok)) => {
+                tracing::trace!(remaining = ok.num_remaining, "bootstrap step");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                self.touch(propagation_source);
+                let verdict = self.validate_gossip(propagation_source, &message);
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                gs.report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some(project) = self.project_topics.get(&topic).copied() {
+                    self.auto_sync(peer_id, project);
+                }
+                if !self.publish_queue.is_empty() {
+                    self.retry_publish();
+                }
+            }
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
+                tracing::debug!(peer = %peer_id, ?failed_messages, "slow gossip peer");
+            }
+            _ => {}
+        }
+    }
+
+    /// Manual gossip validation: decode, verify, check the topic fits the
+    /// record. Bad → Reject (peer scoring penalizes the forwarder), already
+    /// known → Ignore, else Accept (forwarded) and reported to the node.
+    fn validate_gossip(
+        &mut self,
+        forwarder: PeerId,
+        message: &gossipsub::Message,
+    ) -> MessageAcceptance {
+        let gossip = match Gossip::from_bytes(&message.data) {
+            Ok(g) => g,
+            Err(e) => {
+                self.strike(
+                    forwarder,
+                    format!("malformed gossip on {}: {e}", message.topic),
+                );
+                return MessageAcceptance::Reject;
+            }
+        };
+        let project = match verify_record(&gossip) {
+            Ok((_, project)) => project,
+            Err(e) => {
+                self.strike(forwarder, format!("gossip record does not verify: {e}"));
+                return MessageAcceptance::Reject;
+            }
+        };
+        let topic_ok = if message.topic == Topic::Announce.ident().hash() {
+            matches!(gossip, Gossip::Announce(_))
+        } else {
+            message.topic == Topic::Project(project).ident().hash()
+        };
+        if !topic_ok {
+            self.strike(
+                forwarder,
+                format!(
+                    "record of project {} sent on topic {}",
+                    project.short(),
+                    message.topic
+                ),
+            );
+            return MessageAcceptance::Reject;
+        }
+        match self.records.insert(project, message.data.clone()) {
+            Inserted::New => {
+                let source = message.source.unwrap_or(forwarder);
+                self.emit(NetworkEvent::Record {
+                    source,
+                    via: RecordVia::Gossip {
+                        propagation_source: forwarder,
+                    },
+                    project,
+                    gossip,
+                });
+                MessageAcceptance::Accept
+            }
+            Inserted::Duplicate | Inserted::Full => MessageAcceptance::Ignore,
+        }
+    }
+
+    // ----- blob exchange -----
+
+    fn on_blob_event(
+        &mut self,
+        event: request_response::Event<
+            Result<BlobRequest, DecodeError>,
+            Result<BlobResponse, DecodeError>,
+        >,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.touch(peer);
+                match request {
+                    Ok(request) => self.serve_blob(request, channel),
+                    Err(e) => {
+                        self.strike(peer, format!("malformed blob request: {e}"));
+                        let refusal = Ok(BlobResponse::Refused(format!("malformed request: {e}")));
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .blobs
+                            .send_response(channel, refusal);
+                    }
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.touch(peer);
+                if let Some(reply) = self.pending_blob.remove(&request_id) {
+                    let _ = reply.send(response.map_err(RequestError::Malformed));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "blob request failed");
+                if let Some(reply) = self.pending_blob.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound blob request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Reads the manifest or chunk on the blocking pool; the answer comes
+    /// back through `blob_io`.
+    fn serve_blob(&mut self, request: BlobRequest, channel: BlobChannel) {
+        let store = Arc::clone(&self.store);
+        let readers = Arc::clone(&self.blob_readers);
+        let tx = self.blob_io.clone();
+        let corrupt = self.fault.corrupt_chunks;
+        tokio::spawn(async move {
+            let Ok(_permit) = readers.acquire_owned().await else {
+                return;
+            };
+            let response = tokio::task::spawn_blocking(move || read_blob(&store, request, corrupt))
+                .await
+                .unwrap_or_else(|e| BlobResponse::Refused(format!("internal error: {e}")));
+            let _ = tx.send((channel, response)).await;
+        });
+    }
+
+    // ----- pull-sync -----
+
+    fn auto_sync(&mut self, peer: PeerId, project: ProjectId) {
+        if self.synced_with.insert((peer, project)) {
+            self.send_sync(
+                SyncJob {
+                    peer,
+                    project,
+                    op: None,
+                    pages: 0,
+                },
+                0,
+            );
+        }
+    }
+
+    fn send_sync(&mut self, job: SyncJob, cursor: u64) {
+        let req = SyncRequest {
+            project: job.project,
+            cursor,
+            limit: MAX_RECORDS_PER_PAGE,
+        };
+        let rid = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&job.peer, Ok(req));
+        self.pending_sync.insert(rid, job);
+    }
+
+    fn start_sync_op(&mut self, project: ProjectId, reply: oneshot::Sender<SyncReport>) {
+        let hash = Topic::Project(project).ident().hash();
+        let gs = &self.swarm.behaviour().gossipsub;
+        let mut peers: Vec<PeerId> = gs
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| *p)
+            .collect();
+        if peers.is_empty() {
+            peers = self.swarm.connected_peers().copied().collect();
+        }
+        peers.truncate(SYNC_FANOUT);
+        if peers.is_empty() {
+            let _ = reply.send(SyncReport::default());
+            return;
+        }
+        let op = self.next_sync_op;
+        self.next_sync_op += 1;
+        self.sync_ops.insert(
+            op,
+            SyncOp {
+                outstanding: peers.len(),
+                report: SyncReport::default(),
+                reply,
+            },
+        );
+        for peer in peers {
+            self.send_sync(
+                SyncJob {
+                    peer,
+                    project,
+                    op: Some(op),
+                    pages: 0,
+                },
+                0,
+            );
+        }
+    }
+
+    fn finish_sync_job(&mut self, job: &SyncJob, failure: Option<String>) {
+        let Some(op_id) = job.op else { return };
+        let Some(op) = self.sync_ops.get_mut(&op_id) else {
+            return;
+        };
+        match failure {
+            None => op.report.peers_synced += 1,
+            Some(reason) => op.report.failures.push((job.peer, reason)),
+        }
+        op.outstanding -= 1;
+        if op.outstanding == 0
+            && let Some(op) = self.sync_ops.remove(&op_id)
+        {
+            let _ = op.reply.send(op.report);
+        }
+    }
+
+    fn on_sync_event(
+        &mut self,
+        event: request_response::Event<
+            Result<SyncRequest, DecodeError>,
+            Result<SyncResponse, DecodeError>,
+        >,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.touch(peer);
+                let response = match request {
+                    Ok(req) => {
+                        let limit = req.limit.min(MAX_RECORDS_PER_PAGE) as usize;
+                        // Leave room for the page's own framing.
+                        let (records, next) = self.records.page(
+                            &req.project,
+                            req.cursor,
+                            limit,
+                            MAX_SYNC_RESPONSE_BYTES - 1024,
+                        );
+                        SyncResponse::Page {
+                            records: records.into_iter().map(RecordBytes).collect(),
+                            next,
+                        }
+                    }
+                    Err(e) => {
+                        self.strike(peer, format!("malformed sync request: {e}"));
+                        SyncResponse::Refused(format!("malformed request: {e}"))
+                    }
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, Ok(response));
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.touch(peer);
+                let Some(mut job) = self.pending_sync.remove(&request_id) else {
+                    return;
+                };
+                match response {
+                    Ok(SyncResponse::Page { records, next }) => {
+                        let mut new = 0;
+                        for RecordBytes(bytes) in records {
+                            match self.accept_synced(peer, job.project, bytes) {
+                                Ok(true) => new += 1,
+                                Ok(false) => {}
+                                Err(reason) => {
+                                    self.strike(peer, reason.clone());
+                                    self.finish_sync_job(&job, Some(reason));
+                                    return;
+                                }
+                            }
+                        }
+                        if let Some(op) = job.op.and_then(|op| self.sync_ops.get_mut(&op)) {
+                            op.report.new_records += new;
+                        }
+                        if new > 0 {
+                            tracing::debug!(%peer, project = %job.project.short(), new, "synced records");
+                        }
+                        job.pages += 1;
+                        match next {
+                            Some(cursor) if job.pages < MAX_SYNC_PAGES => {
+                                self.send_sync(job, cursor)
+                            }
+                            _ => self.finish_sync_job(&job, None),
+                        }
+                    }
+                    Ok(SyncResponse::Refused(reason)) => {
+                        self.finish_sync_job(&job, Some(format!("refused: {reason}")))
+                    }
+                    Err(e) => {
+                        let reason = format!("malformed sync response: {e}");
+                        self.strike(peer, reason.clone());
+                        self.finish_sync_job(&job, Some(reason));
+                    }
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                if let Some(job) = self.pending_sync.remove(&request_id) {
+                    self.finish_sync_job(&job, Some(error.to_string()));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Checks a record pulled from `peer` like gossip; returns whether it was
+    /// new, or why it is bad.
+    fn accept_synced(
+        &mut self,
+        peer: PeerId,
+        project: ProjectId,
+        bytes: Vec<u8>,
+    ) -> Result<bool, String> {
+        let gossip =
+            Gossip::from_bytes(&bytes).map_err(|e| format!("malformed synced record: {e}"))?;
+        let (_, record_project) =
+            verify_record(&gossip).map_err(|e| format!("synced record does not verify: {e}"))?;
+        if record_project != project {
+            return Err(format!(
+                "sync for project {} returned a record of {}",
+                project.short(),
+                record_project.short()
+            ));
+        }
+        match self.records.insert(project, bytes) {
+            Inserted::New => {
+                self.emit(NetworkEvent::Record {
+                    source: peer,
+                    via: RecordVia::Sync { peer },
+                    project,
+                    gossip,
+                });
+                Ok(true)
+            }
+            Inserted::Duplicate | Inserted::Full => Ok(false),
+        }
+    }
+
+    // ----- housekeeping -----
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        if !self.publish_queue.is_empty() {
+            self.retry_publish();
+        }
+        if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.prune_connections();
+        }
+        if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS) {
+            self.save_peers();
+        }
+    }
+
+    /// Left alone, Kademlia and gossipsub drift to all-to-all connections.
+    /// Above `prune_above` peers, disconnect the longest-idle peers that are
+    /// outside every gossip mesh, not bootstrap peers, and not mid-request.
+    fn prune_connections(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected <= self.limits.prune_above {
+            return;
+        }
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let busy: HashSet<PeerId> = self.pending_sync.values().map(|j| j.peer).collect();
+        let now = Instant::now();
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !mesh.contains(p) && !self.bootstrap_peers.contains(p) && !busy.contains(p))
+            .map(|p| (self.last_activity.get(p).copied().unwrap_or(now), *p))
+            .filter(|(t, _)| now.duration_since(*t) >= self.limits.idle_after)
+            .collect();
+        idle.sort();
+        let excess = connected - self.limits.prune_above;
+        for (_, peer) in idle.into_iter().take(excess) {
+            tracing::debug!(%peer, "pruning idle connection outside the gossip mesh");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn save_peers(&mut self) {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let addrs: Vec<Multiaddr> = entry.node.value.iter().cloned().collect();
+                peers.push((*entry.node.key.preimage(), addrs));
+            }
+        }
+        // Connected peers first: they are the most likely to be up next time.
+        peers.sort_by_key(|(p, _)| !self.swarm.is_connected(p));
+        peers_file::save(&self.data_dir, &peers);
+    }
+}
+
+/// Answers a blob request from the store (blocking).
+fn read_blob(store: &BlobStore, request: BlobRequest, corrupt: bool) -> BlobResponse {
+    let result = match request {
+        BlobRequest::Manifest { id } => store.manifest(&id).map(|m| m.map(BlobResponse::Manifest)),
+        BlobRequest::Chunk { id, index } => store.chunk(&id, index).map(|c| {
+            c.map(|mut bytes| {
+                if corrupt && let Some(b) = bytes.first_mut() {
+                    *b ^= 0xff;
+                }
+                BlobResponse::Chunk(bytes)
+            })
+        }),
+    };
+    match result {
+        Ok(Some(r)) => r,
+        Ok(None) => BlobResponse::NotFound,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve blob");
+            BlobResponse::NotFound
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Wire types of the blob exchange protocol (`/formic/blob/1.0.0`).
+//!
+//! Blobs travel point to point in chunks of at most [`CHUNK_SIZE`], never
+//! over gossip. A fetcher first asks a provider for the blob's
+//! [`BlobManifest`] (its size and the blake3 digest of every chunk), then
+//! asks for chunks one by one and checks each against the manifest before it
+//! keeps it; the whole blob is finally checked against its [`BlobRef`] id, so
+//! a lying manifest is caught too. Every message is a versioned canonical
+//! CBOR value with its own size cap, decoded with typed errors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::content_id::ContentId;
+use crate::messages::BlobRef;
+
+/// The libp2p protocol name of the blob exchange.
+pub const BLOB_PROTOCOL: &str = "/formic/blob/1.0.0";
+
+/// Largest chunk on the wire: one request-response message is read whole
+/// into memory, so chunks keep each message small.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Largest blob a peer stores, serves or fetches.
+pub const MAX_BLOB_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Largest encoded request (a tag, an id and an index).
+pub const MAX_BLOB_REQUEST_BYTES: usize = 256;
+
+/// Largest encoded response: a full chunk plus its CBOR framing, or the
+/// manifest of a [`MAX_BLOB_BYTES`] blob (1024 digests, ~35 KiB).
+pub const MAX_BLOB_RESPONSE_BYTES: usize = CHUNK_SIZE + 1024;
+
+/// What a fetcher asks a provider for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobRequest {
+    /// The size and chunk digests of blob `id`.
+    Manifest { id: ContentId },
+    /// Chunk number `index` (from 0) of blob `id`.
+    Chunk { id: ContentId, index: u32 },
+}
+
+/// A blob's size and the blake3 digest of each of its chunks, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobManifest {
+    pub size: u64,
+    pub chunks: Vec<ContentId>,
+}
+
+/// Why a manifest cannot describe the blob asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest says the blob is {found} bytes, the reference says {expected}")]
+    WrongSize { expected: u64, found: u64 },
+    #[error("manifest lists {found} chunks, a blob of this size has {expected}")]
+    WrongChunkCount { expected: u64, found: u64 },
+    #[error("blob of {0} bytes is over the {MAX_BLOB_BYTES}-byte limit")]
+    TooLarge(u64),
+}
+
+impl BlobManifest {
+    /// The manifest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            size: bytes.len() as u64,
+            chunks: bytes.chunks(CHUNK_SIZE).map(ContentId::of).collect(),
+        }
+    }
+
+    /// How many chunks a blob of `size` bytes has (an empty blob has none).
+    pub fn chunk_count(size: u64) -> u64 {
+        size.div_ceil(CHUNK_SIZE as u64)
+    }
+
+    /// Length of chunk `index` of a blob of `size` bytes.
+    pub fn chunk_len(size: u64, index: u32) -> u64 {
+        let start = u64::from(index) * CHUNK_SIZE as u64;
+        size.saturating_sub(start).min(CHUNK_SIZE as u64)
+    }
+
+    /// Checks the manifest is consistent with `blob` (size and chunk count).
+    /// The digests themselves can only be checked against the data.
+    pub fn check(&self, blob: &BlobRef) -> Result<(), ManifestError> {
+        if blob.size > MAX_BLOB_BYTES {
+            return Err(ManifestError::TooLarge(blob.size));
+        }
+        if self.size != blob.size {
+            return Err(ManifestError::WrongSize {
+                expected: blob.size,
+                found: self.size,
+            });
+        }
+        let expected = Self::chunk_count(blob.size);
+        let found = self.chunks.len() as u64;
+        if found != expected {
+            return Err(ManifestError::WrongChunkCount { expected, found });
+        }
+        Ok(())
+    }
+}
+
+/// A provider's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    Manifest(BlobManifest),
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The provider does not have that blob (or chunk index).
+    NotFound,
+    /// The request was refused (malformed, over a limit, provider busy).
+    Refused(String),
+}
+
+impl BlobRequest {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode_versioned(self, MAX_BLOB_REQUEST_BYTES)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_versioned(bytes, MAX_BLOB_REQUEST_BYTES)
+    }
+}
+
+impl BlobResponse {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode_versioned(self, MAX_BLOB_RESPONSE_BYTES)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_versioned(bytes, MAX_BLOB_RESPONSE_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_matches_its_blob() {
+        let bytes = vec![7u8; CHUNK_SIZE * 2 + 5];
+        let m = BlobManifest::of(&bytes);
+        assert_eq!(m.chunks.len(), 3);
+        assert_eq!(BlobManifest::chunk_len(m.size, 2), 5);
+        assert_eq!(m.check(&BlobRef::of(&bytes)), Ok(()));
+        let other = BlobRef::of(&bytes[1..]);
+        assert!(m.check(&other).is_err());
+        assert_eq!(BlobManifest::chunk_count(0), 0);
+    }
+
+    #[test]
+    fn full_chunk_response_fits_the_cap() {
+        let r = BlobResponse::Chunk(vec![0xab; CHUNK_SIZE]);
+        let bytes = r.to_bytes().unwrap();
+        assert_eq!(BlobResponse::from_bytes(&bytes).unwrap(), r);
+        let req = BlobRequest::Chunk {
+            id: ContentId::of(b"x"),
+            index: u32::MAX,
+        };
+        assert_eq!(
+            BlobRequest::from_bytes(&req.to_bytes().unwrap()).unwrap(),
+            req
+        );
+    }
+}

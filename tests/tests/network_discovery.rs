@@ -1,0 +1,96 @@
+//! Five nodes bootstrapping from one find each other through Kademlia
+//! within 10 s (mDNS off), over TCP and QUIC, and a gossip message reaches
+//! all of them.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use formic_node::network::{Topic, loopback_quic, loopback_tcp};
+use formic_tests::*;
+use libp2p::identity::Keypair;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_discover_each_other_and_gossip_reaches_all() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs: Vec<_> = (0..5)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+
+    // The bootstrap node listens on TCP and QUIC; one peer joins over QUIC.
+    let mut config = test_config(dirs[0].path(), vec![]);
+    config.listen = vec![loopback_tcp(), loopback_quic()];
+    let boot = formic_node::network::start(config).await?;
+    let boot_addrs = boot.dial_addrs();
+    let tcp = boot_addrs
+        .iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .cloned();
+    let quic = boot_addrs
+        .iter()
+        .find(|a| a.to_string().contains("/quic-v1"))
+        .cloned();
+    let (Some(tcp), Some(quic)) = (tcp, quic) else {
+        anyhow::bail!("bootstrap node lacks a TCP or QUIC address")
+    };
+
+    let started = Instant::now();
+    let mut nodes = vec![boot];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let via = if i == 1 { quic.clone() } else { tcp.clone() };
+        nodes.push(start_node(dir.path(), vec![via]).await?);
+    }
+    let ids: Vec<_> = nodes.iter().map(|n| n.peer_id()).collect();
+
+    // Everyone's routing table holds every other node.
+    wait_until(
+        Duration::from_secs(10),
+        "every routing table holds all other nodes",
+        || {
+            let nodes = &nodes;
+            let ids = &ids;
+            async move {
+                for n in nodes {
+                    let Ok(table) = n.client().routing_table().await else {
+                        return false;
+                    };
+                    let table: HashSet<_> = table.into_iter().collect();
+                    if ids
+                        .iter()
+                        .any(|id| *id != n.peer_id() && !table.contains(id))
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await?;
+    let discovery = started.elapsed();
+    eprintln!("full discovery took {discovery:?}");
+    assert!(discovery < Duration::from_secs(10));
+
+    // Gossip: everyone joins the project topic; the last node publishes.
+    let project = project("discovery");
+    for n in &nodes {
+        n.client().subscribe(Topic::Project(project)).await?;
+    }
+    let key = Keypair::generate_ed25519();
+    let record = commit(&key, project, 1);
+    let publisher = nodes[4].client();
+    publisher
+        .publish(Topic::Project(project), record.clone())
+        .await?;
+    for n in nodes.iter_mut().take(4) {
+        let Some(events) = n.events() else {
+            anyhow::bail!("events taken")
+        };
+        let source = wait_record(events, Duration::from_secs(10), &record).await?;
+        assert_eq!(source, ids[4]);
+    }
+
+    for n in nodes {
+        n.shutdown().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Three nodes, each restarted in turn with the same identity (its data
+//! directory): the network re-forms (from the peers remembered in
+//! `peers.json`, with no bootstrap list), records published while a node was
+//! down reach it by pull-sync, and fresh gossip reaches everyone again.
+
+use std::time::Duration;
+
+use formic_node::network::{RunningNode, Topic};
+use formic_tests::*;
+use libp2p::identity::Keypair;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn fully_connected(nodes: &[RunningNode]) -> bool {
+    for n in nodes {
+        match n.client().connected_peers().await {
+            Ok(p)
+                if nodes
+                    .iter()
+                    .all(|o| o.peer_id() == n.peer_id() || p.contains(&o.peer_id())) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_reforms_after_each_node_restarts() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let project = project("restarts");
+    let topic = Topic::Project(project);
+    let key = Keypair::generate_ed25519();
+
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut events = Vec::new();
+    for dir in &dirs {
+        let bootstrap = nodes.iter().flat_map(|n| n.dial_addrs()).collect();
+        let mut node = start_node(dir.path(), bootstrap).await?;
+        node.client().subscribe(topic).await?;
+        let Some(ev) = node.take_events() else {
+            anyhow::bail!("events taken")
+        };
+        events.push(ev);
+        nodes.push(node);
+    }
+    wait_until(WAIT, "the three nodes are connected", || {
+        fully_connected(&nodes)
+    })
+    .await?;
+
+    let mut next_index = 0u64;
+    for round in 0..3 {
+        // Stop node `round`; the others keep publishing meanwhile.
+        let old = nodes.remove(round);
+        let old_id = old.peer_id();
+        old.shutdown().await?;
+        let missed = commit(&key, project, next_index);
+        next_index += 1;
+        nodes[0].client().publish(topic, missed.clone()).await?;
+
+        // Restart with the same data directory and no bootstrap list.
+        let mut back = start_node(dirs[round].path(), vec![]).await?;
+        assert_eq!(back.peer_id(), old_id, "identity changed across restart");
+        back.client().subscribe(topic).await?;
+        let Some(ev) = back.take_events() else {
+            anyhow::bail!("events taken")
+        };
+        events[round] = ev;
+        nodes.insert(round, back);
+        wait_until(
+            WAIT,
+            &format!("round {round}: the network re-formed"),
+            || fully_connected(&nodes),
+        )
+        .await?;
+
+        // What it missed while down arrives by pull-sync.
+        wait_record(&mut events[round], WAIT, &missed).await?;
+
+        // Fresh gossip from the restarted node reaches the others, and theirs reaches it.
+        let fresh = commit(&key, project, next_index);
+        next_index += 1;
+        nodes[round].client().publish(topic, fresh.clone()).await?;
+        for (i, ev) in events.iter_mut().enumerate() {
+            if i != round {
+                wait_record(ev, WAIT, &fresh).await?;
+            }
+        }
+        let other = (round + 1) % 3;
+        let reply = commit(&key, project, next_index);
+        next_index += 1;
+        nodes[other].client().publish(topic, reply.clone()).await?;
+        wait_record(&mut events[round], WAIT, &reply).await?;
+
+        // Every node now holds every record published so far.
+        for n in &nodes {
+            let held = n.client().records(project).await?.len() as u64;
+            assert_eq!(
+                held,
+                next_index,
+                "round {round}: {} holds {held} of {next_index} records",
+                n.peer_id()
+            );
+        }
+    }
+    for n in nodes {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
