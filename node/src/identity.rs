@@ -49,6 +49,12 @@ pub fn load_or_create_keypair(path: &Path) -> Result<Keypair, KeyFileError> {
             Ok(kp)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| KeyFileError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
             let kp = Keypair::generate_ed25519();
             let encoded = kp
                 .to_protobuf_encoding()

@@ -19,10 +19,27 @@ fn main() -> ExitCode {
     match formic_node::commands::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}` prints the whole anyhow context chain on one line, which is
-            // what a user needs to act: what we tried, and what failed under it.
-            eprintln!("formic: error: {err:#}");
+            eprintln!("formic: error: {}", describe(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The whole context chain on one line — what we tried, and what failed
+/// under it — which is what a user needs to act. Many error types also
+/// quote their source in their own message; a cause whose text is already
+/// shown is skipped so nothing is said twice.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

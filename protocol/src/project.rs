@@ -23,7 +23,9 @@ use crate::messages::{
     UnitSpec, seal,
 };
 use crate::signed::{SignError, Signed, SignerKey, VerifyError};
-use crate::validation::{Evidence, Need, Outcome, ValidationPolicy, Verdict, validate};
+use crate::validation::{
+    Evidence, Need, Outcome, RevealEvidence, ValidationPolicy, Verdict, validate,
+};
 
 /// At most this many workers' records are kept per unit, so a flood of
 /// claims from Sybils cannot grow memory without bound.
@@ -94,6 +96,10 @@ struct UnitRecords {
     claim_expiry: BTreeMap<SignerKey, u64>,
     commits: BTreeMap<SignerKey, Signed<Commit>>,
     reveals: BTreeMap<SignerKey, Signed<Reveal>>,
+    /// Decoded copies of the verified records above, so signatures are
+    /// checked once, on arrival, and never again.
+    seals: BTreeMap<SignerKey, ContentId>,
+    opened: BTreeMap<SignerKey, Reveal>,
 }
 
 impl UnitRecords {
@@ -124,6 +130,8 @@ pub struct ProjectState {
     specs: BTreeMap<u64, (u32, UnitSpec)>,
     units: BTreeMap<u64, UnitRecords>,
     spot_check_keys: Vec<Signed<SpotCheckKey>>,
+    /// Verified evidence, kept up to date as records arrive.
+    evidence: Evidence,
     outcome: Option<Outcome>,
     /// Preference order cache: (worker, unit indices in rank order).
     order: Option<(SignerKey, Vec<u64>)>,
@@ -148,6 +156,7 @@ impl ProjectState {
             specs: BTreeMap::new(),
             units: BTreeMap::new(),
             spot_check_keys: Vec::new(),
+            evidence: Evidence::new(),
             outcome: None,
             order: None,
         })
@@ -227,12 +236,15 @@ impl ProjectState {
         Ok(())
     }
 
-    fn records_mut(
-        &mut self,
+    /// The records of `unit`, refusing a new worker once the unit is full.
+    /// Takes the map, not `self`, so callers can update other fields while
+    /// holding it.
+    fn records_mut<'a>(
+        units: &'a mut BTreeMap<u64, UnitRecords>,
         unit: &UnitRef,
         worker: &SignerKey,
-    ) -> Result<&mut UnitRecords, RecordError> {
-        let recs = self.units.entry(unit.index).or_default();
+    ) -> Result<&'a mut UnitRecords, RecordError> {
+        let recs = units.entry(unit.index).or_default();
         if !recs.involves(worker) && recs.workers() >= MAX_WORKERS_PER_UNIT {
             return Err(RecordError::UnitFull(unit.index));
         }
@@ -248,7 +260,7 @@ impl ProjectState {
                 let c = s.verify()?;
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
-                let recs = self.records_mut(&c.unit, &w)?;
+                let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
                 let newer = recs
                     .claim_expiry
                     .get(&w)
@@ -264,13 +276,26 @@ impl ProjectState {
                 let c = s.verify()?;
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
-                let recs = self.records_mut(&c.unit, &w)?;
+                let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
                 if recs.commits.contains_key(&w) {
                     // A second, different commit is equivocation; the first
                     // one stands and the reveal must open it.
                     return Ok(Applied::Duplicate);
                 }
                 recs.commits.insert(w, s.clone());
+                recs.seals.insert(w, c.seal);
+                // A reveal that arrived first becomes evidence now, if the
+                // commit's seal matches it.
+                if let Some(r) = recs.opened.get(&w)
+                    && seal(&r.result_hash, &w, &r.unit) == c.seal
+                {
+                    self.evidence.add_reveal(RevealEvidence {
+                        worker: w,
+                        unit: r.unit,
+                        result_hash: r.result_hash,
+                        fuel_used: r.fuel_used,
+                    });
+                }
                 self.outcome = None;
                 Ok(Applied::New)
             }
@@ -278,13 +303,14 @@ impl ProjectState {
                 let r = s.verify()?;
                 self.check_unit(&r.unit)?;
                 let w = s.signer();
-                let recs = self.records_mut(&r.unit, &w)?;
-                if let Some(commit) = recs.commits.get(&w) {
-                    let c = commit.verify()?;
-                    if seal(&r.result_hash, &w, &r.unit) != c.seal {
+                let recs = Self::records_mut(&mut self.units, &r.unit, &w)?;
+                let committed = match recs.seals.get(&w) {
+                    Some(sealed) if seal(&r.result_hash, &w, &r.unit) != *sealed => {
                         return Err(RecordError::SealMismatch);
                     }
-                }
+                    Some(_) => true,
+                    None => false,
+                };
                 if r.output.content_id() != r.result_hash {
                     return Err(RecordError::OutputMismatch);
                 }
@@ -292,6 +318,15 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 recs.reveals.insert(w, s.clone());
+                if committed {
+                    self.evidence.add_reveal(RevealEvidence {
+                        worker: w,
+                        unit: r.unit,
+                        result_hash: r.result_hash,
+                        fuel_used: r.fuel_used,
+                    });
+                }
+                recs.opened.insert(w, r);
                 self.outcome = None;
                 Ok(Applied::New)
             }
@@ -310,6 +345,15 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 self.spot_check_keys.push(s.clone());
+                for (index, hash) in k.answers {
+                    self.evidence.add_known_answer(
+                        UnitRef {
+                            project: self.id,
+                            index,
+                        },
+                        hash,
+                    );
+                }
                 self.outcome = None;
                 Ok(Applied::New)
             }
@@ -341,27 +385,14 @@ impl ProjectState {
 
     /// The evidence: every commit/reveal pair that opens correctly, plus the
     /// owner's spot-check answers.
-    pub fn evidence(&self) -> Evidence {
-        let mut ev = Evidence::new();
-        for recs in self.units.values() {
-            for (w, reveal) in &recs.reveals {
-                if let Some(commit) = recs.commits.get(w) {
-                    // Pairs were checked on arrival; re-checking here keeps
-                    // this function correct on its own.
-                    let _ = ev.add_signed(commit, reveal);
-                }
-            }
-        }
-        for k in &self.spot_check_keys {
-            let _ = ev.add_spot_check_key(k, &self.owner);
-        }
-        ev
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
     }
 
     /// The current verdicts (recomputed only when records changed).
     pub fn outcome(&mut self) -> &Outcome {
         if self.outcome.is_none() {
-            self.outcome = Some(validate(&self.evidence(), &self.policy));
+            self.outcome = Some(validate(&self.evidence, &self.policy));
         }
         // Just set above when missing.
         self.outcome.get_or_insert_with(Outcome::default)
@@ -454,15 +485,18 @@ impl ProjectState {
             ranked.sort_unstable();
             self.order = Some((*me, ranked.into_iter().map(|(_, i)| i).collect()));
         }
-        let outcome = self.outcome().clone();
+        // Compute (or reuse) the verdicts, then only borrow from here on:
+        // this runs for every scheduling decision and must not copy state.
+        self.outcome();
+        let outcome = self.outcome.as_ref()?;
         let veteran = outcome.is_veteran(me, &self.policy);
         let order = self
             .order
             .as_ref()
-            .map(|(_, o)| o.clone())
+            .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
         let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
-        for index in &order {
+        for index in order {
             let recs = self.units.get(index);
             if busy.contains(index) || recs.is_some_and(|r| r.involves(me)) {
                 continue;
@@ -481,7 +515,7 @@ impl ProjectState {
             if needs_veteran && !veteran {
                 continue;
             }
-            let slots = self.open_slots(*index, &outcome, now_ms);
+            let slots = self.open_slots(*index, outcome, now_ms);
             let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
             if slots > 0 || auditable {
                 let spec = self.specs.get(index)?;
@@ -568,12 +602,10 @@ impl ProjectState {
                 workers,
             } = v
             {
-                let reveal = self.units.get(&unit.index).and_then(|r| {
-                    workers
-                        .iter()
-                        .find_map(|w| r.reveals.get(w))
-                        .and_then(|s| s.verify().ok())
-                });
+                let reveal = self
+                    .units
+                    .get(&unit.index)
+                    .and_then(|r| workers.iter().find_map(|w| r.opened.get(w)).cloned());
                 if let Some(rv) = reveal {
                     out.push(ValidatedUnit {
                         index: unit.index,

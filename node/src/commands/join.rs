@@ -1,0 +1,41 @@
+//! Network flags shared by the commands that start a short-lived node of
+//! their own (`publish`, `results`): how to find the network.
+
+use std::path::Path;
+
+use clap::Args;
+use libp2p::Multiaddr;
+
+use crate::network::NodeConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// A peer to join the network through, repeatable
+    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…). Peers found on earlier
+    /// runs with this data directory are tried too.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<Multiaddr>,
+
+    /// Address to listen on, repeatable (default: TCP and QUIC on a free port).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+impl JoinArgs {
+    /// A node configuration for a short-lived node in `data_dir`.
+    pub fn node_config(&self, data_dir: &Path) -> NodeConfig {
+        let mut config = NodeConfig::new(data_dir.to_path_buf(), 0);
+        if !self.listen.is_empty() {
+            config.listen = self.listen.clone();
+        }
+        config.bootstrap = self.bootstrap.clone();
+        config.mdns = !self.no_mdns;
+        // Its own API would collide with a `formic node` on the same data dir.
+        config.api_addr = None;
+        config
+    }
+}

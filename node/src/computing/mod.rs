@@ -1,0 +1,681 @@
+//! The computing layer: follows projects, computes units in the sandbox,
+//! and takes part in commit-reveal, all through the network client.
+//!
+//! One task owns every followed project's [`ProjectState`] (the sans-IO
+//! state machine in `protocol/`) and is the only place that changes it; the
+//! network's events and finished units arrive on channels. Everything slow —
+//! fetching blobs, compiling the app, running a unit — happens in spawned
+//! tasks that report back, so the loop never blocks on I/O or compute.
+
+pub mod sabotage;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use formic_protocol::messages::{
+    Announce, Batch, Data, Gossip, MAX_INLINE_BYTES, ProjectId, ProjectManifest, Reveal, UnitRef,
+};
+use formic_protocol::project::{ProjectState, WorkOrder};
+use formic_protocol::{Signed, SignerKey};
+use formic_work_units::{App, ENGINE_VERSION, Sandbox, SandboxLimits};
+use libp2p::identity::Keypair;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::network::{NetworkClient, NetworkEvent, Topic};
+pub use sabotage::Sabotage;
+
+/// Records buffered for a project whose manifest is still being fetched.
+const MAX_PENDING_RECORDS: usize = 100_000;
+
+/// How the computing layer behaves on this node.
+#[derive(Clone)]
+pub struct ComputeConfig {
+    /// The worker identity (the node's network key, so commits are signed
+    /// by the peer that gossips them).
+    pub keypair: Keypair,
+    pub sandbox: Arc<Sandbox>,
+    /// Units computed at once. 0 makes the node an observer that follows
+    /// projects without computing (owners, collectors).
+    pub slots: usize,
+    /// Follow every announced project (volunteers), or only those asked for.
+    pub follow_all: bool,
+    /// Corroborated results before a worker counts as a veteran
+    /// (docs/VALIDATION.md); 0 in a fresh network.
+    pub probation: u32,
+    /// Deliberately wrong results (tests and the demo only).
+    pub sabotage: Option<Sabotage>,
+    /// How often to look for work and open commits.
+    pub tick: Duration,
+}
+
+impl std::fmt::Debug for ComputeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeConfig")
+            .field("slots", &self.slots)
+            .field("follow_all", &self.follow_all)
+            .field("probation", &self.probation)
+            .field("sabotage", &self.sabotage)
+            .finish()
+    }
+}
+
+/// Progress of one followed project, as `formic status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProjectProgress {
+    pub project: String,
+    pub name: String,
+    pub units: usize,
+    pub validated: usize,
+    /// Units running on this node now.
+    pub running: usize,
+    /// Units this node has finished computing.
+    pub computed_here: u64,
+    /// Credit: fuel of this node's results that are validated.
+    pub credit_fuel: u64,
+}
+
+/// What the computing layer is doing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ComputeStatus {
+    pub projects: Vec<ProjectProgress>,
+    pub running: usize,
+    pub computed: u64,
+    pub failed: u64,
+}
+
+/// Why a project could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("fetching the {what}: {reason}")]
+    Fetch { what: &'static str, reason: String },
+    #[error("the {what} does not decode: {reason}")]
+    Decode { what: &'static str, reason: String },
+    #[error("the announcement names project {announced} but the manifest is {actual}")]
+    WrongManifest { announced: String, actual: String },
+    #[error("the project is invalid: {0}")]
+    Invalid(String),
+    #[error("the app does not compile: {0}")]
+    Compile(String),
+}
+
+/// A copy of one project's state, for collecting results.
+#[derive(Debug, Clone)]
+pub struct ProjectSnapshot {
+    pub manifest: Signed<ProjectManifest>,
+    pub state: ProjectState,
+}
+
+enum Command {
+    Follow {
+        project: ProjectId,
+    },
+    Snapshot {
+        project: ProjectId,
+        reply: oneshot::Sender<Option<ProjectSnapshot>>,
+    },
+}
+
+/// Handle to the computing task.
+pub struct ComputeHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<ComputeStatus>,
+    task: JoinHandle<()>,
+}
+
+impl ComputeHandle {
+    /// Follows `project` (pulls its records, loads it when its
+    /// announcement is found).
+    pub async fn follow(&self, project: ProjectId) {
+        let _ = self.commands.send(Command::Follow { project }).await;
+    }
+
+    /// A copy of `project`'s state, once loaded.
+    pub async fn snapshot(&self, project: ProjectId) -> Option<ProjectSnapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot { project, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// The latest status (updated every tick).
+    pub fn status(&self) -> watch::Receiver<ComputeStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the task (running units finish in the background and are
+    /// dropped).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+struct Followed {
+    manifest: Signed<ProjectManifest>,
+    state: ProjectState,
+    app: Option<Arc<App>>,
+    /// Reveals waiting for a quorum of commits.
+    held: Vec<Signed<Reveal>>,
+    busy: BTreeSet<u64>,
+    computed_here: u64,
+    fuel_by_unit: HashMap<u64, u64>,
+}
+
+/// What loading a project yields: its signed manifest, the announced batch
+/// and, on a computing node, the compiled app.
+struct LoadedParts {
+    manifest: Signed<ProjectManifest>,
+    batch: Signed<Batch>,
+    app: Option<Arc<App>>,
+}
+
+struct Loaded {
+    project: ProjectId,
+    result: Result<LoadedParts, LoadError>,
+}
+
+struct JobDone {
+    project: ProjectId,
+    unit: UnitRef,
+    result: Result<(Vec<u8>, u64), String>,
+}
+
+/// Starts the computing task over a node's network.
+pub fn spawn(
+    client: NetworkClient,
+    events: mpsc::Receiver<NetworkEvent>,
+    config: ComputeConfig,
+) -> ComputeHandle {
+    let (commands, command_rx) = mpsc::channel(64);
+    let (status_tx, status) = watch::channel(ComputeStatus::default());
+    let task = tokio::spawn(run(client, events, command_rx, status_tx, config));
+    ComputeHandle {
+        commands,
+        status,
+        task,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Worker {
+    client: NetworkClient,
+    config: ComputeConfig,
+    me: SignerKey,
+    projects: HashMap<ProjectId, Followed>,
+    loading: HashSet<ProjectId>,
+    wanted: HashSet<ProjectId>,
+    pending: HashMap<ProjectId, Vec<Gossip>>,
+    loaded_tx: mpsc::Sender<Loaded>,
+    jobs_tx: mpsc::Sender<JobDone>,
+    running: usize,
+    computed: u64,
+    failed: u64,
+}
+
+async fn run(
+    client: NetworkClient,
+    mut events: mpsc::Receiver<NetworkEvent>,
+    mut commands: mpsc::Receiver<Command>,
+    status: watch::Sender<ComputeStatus>,
+    config: ComputeConfig,
+) {
+    let me = match SignerKey::of(&config.keypair) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "computing disabled: the node key is not ed25519");
+            return;
+        }
+    };
+    // Volunteers hear of new projects on the announcement topic; observers
+    // only follow the projects they are asked for.
+    if config.follow_all
+        && let Err(e) = client.subscribe(Topic::Announce).await
+    {
+        tracing::warn!(error = %e, "cannot subscribe to announcements: new projects will only arrive by sync");
+    }
+    let (loaded_tx, mut loaded_rx) = mpsc::channel(16);
+    let (jobs_tx, mut jobs_rx) = mpsc::channel(64);
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut w = Worker {
+        client,
+        config,
+        me,
+        projects: HashMap::new(),
+        loading: HashSet::new(),
+        wanted: HashSet::new(),
+        pending: HashMap::new(),
+        loaded_tx,
+        jobs_tx,
+        running: 0,
+        computed: 0,
+        failed: 0,
+    };
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(NetworkEvent::Record { project, gossip, .. }) => w.on_record(project, gossip).await,
+                Some(_) => {}
+                None => break,
+            },
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Follow { project } => w.follow(project).await,
+                Command::Snapshot { project, reply } => {
+                    let snap = w.projects.get(&project).map(|f| ProjectSnapshot {
+                        manifest: f.manifest.clone(),
+                        state: f.state.clone(),
+                    });
+                    let _ = reply.send(snap);
+                }
+            },
+            Some(loaded) = loaded_rx.recv() => {
+                w.on_loaded(loaded).await;
+                w.schedule().await;
+            }
+            Some(done) = jobs_rx.recv() => w.on_job_done(done).await,
+            _ = tick.tick() => {
+                w.schedule().await;
+                w.open_commits().await;
+                let _ = status.send(w.status());
+            }
+        }
+    }
+    tracing::debug!("computing task stopped: the network's event channel closed");
+}
+
+impl Worker {
+    async fn follow(&mut self, project: ProjectId) {
+        self.wanted.insert(project);
+        if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
+            tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+        }
+        // Records already held (the announcement among them) start the load.
+        if let Ok(records) = self.client.records(project).await {
+            for r in records {
+                self.on_record(project, r).await;
+            }
+        }
+    }
+
+    async fn on_record(&mut self, project: ProjectId, gossip: Gossip) {
+        if let Gossip::Announce(a) = &gossip {
+            let Ok(announce) = a.verify() else { return };
+            let interested = self.config.follow_all || self.wanted.contains(&project);
+            if let Some(f) = self.projects.get(&project) {
+                let known = f
+                    .state
+                    .batches()
+                    .any(|b| b.verify().is_ok_and(|b| b.seq == announce.batch_seq));
+                if !known {
+                    self.start_load(announce);
+                }
+            } else if interested && !self.loading.contains(&project) {
+                self.start_load(announce);
+            }
+            return;
+        }
+        if let Some(f) = self.projects.get_mut(&project) {
+            if let Err(e) = f.state.apply(&gossip) {
+                tracing::debug!(project = %project.short(), error = %e, "record not applied");
+            }
+        } else if self.loading.contains(&project) || self.wanted.contains(&project) {
+            let buf = self.pending.entry(project).or_default();
+            if buf.len() < MAX_PENDING_RECORDS {
+                buf.push(gossip);
+            }
+        }
+    }
+
+    fn start_load(&mut self, announce: Announce) {
+        self.loading.insert(announce.project);
+        let client = self.client.clone();
+        let sandbox = Arc::clone(&self.config.sandbox);
+        let compute = self.config.slots > 0;
+        let tx = self.loaded_tx.clone();
+        tokio::spawn(async move {
+            let project = announce.project;
+            let result = load(&client, &announce, &sandbox, compute).await;
+            let _ = tx.send(Loaded { project, result }).await;
+        });
+    }
+
+    async fn on_loaded(&mut self, loaded: Loaded) {
+        self.loading.remove(&loaded.project);
+        let LoadedParts {
+            manifest,
+            batch,
+            app,
+        } = match loaded.result {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(project = %loaded.project.short(), error = %e, "cannot load project");
+                return;
+            }
+        };
+        let project = loaded.project;
+        if let Some(f) = self.projects.get_mut(&project) {
+            // A further batch of a project already followed.
+            if let Err(e) = f.state.add_batch(&batch) {
+                tracing::warn!(project = %project.short(), error = %e, "batch rejected");
+            }
+        } else {
+            let mut state = match ProjectState::new(&manifest, self.config.probation) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(project = %project.short(), error = %e, "manifest rejected");
+                    return;
+                }
+            };
+            if let Err(e) = state.add_batch(&batch) {
+                tracing::warn!(project = %project.short(), error = %e, "batch rejected");
+                return;
+            }
+            tracing::info!(project = %project.short(), name = %state.manifest().name, units = state.unit_count(),
+                computing = app.is_some(), "following project");
+            self.projects.insert(
+                project,
+                Followed {
+                    manifest,
+                    state,
+                    app,
+                    held: Vec::new(),
+                    busy: BTreeSet::new(),
+                    computed_here: 0,
+                    fuel_by_unit: HashMap::new(),
+                },
+            );
+            if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
+                tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+            }
+            // Catch up: everything the network already holds for it.
+            if let Ok(records) = self.client.records(project).await {
+                for r in records {
+                    if !matches!(r, Gossip::Announce(_)) {
+                        self.on_record(project, r).await;
+                    }
+                }
+            }
+        }
+        if let Some(buf) = self.pending.remove(&project) {
+            for r in buf {
+                self.on_record(project, r).await;
+            }
+        }
+    }
+
+    async fn schedule(&mut self) {
+        let now = now_ms();
+        let ids: Vec<ProjectId> = self.projects.keys().copied().collect();
+        for id in ids {
+            while self.running < self.config.slots {
+                let Some(f) = self.projects.get_mut(&id) else {
+                    break;
+                };
+                let Some(app) = f.app.clone() else { break };
+                let draw: u32 = rand::thread_rng().r#gen();
+                let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
+                    break;
+                };
+                match f.state.claim(&self.config.keypair, &order, now) {
+                    Ok(Some(claim)) => {
+                        let g = Gossip::Claim(claim);
+                        let _ = f.state.apply(&g);
+                        if let Err(e) = self.client.publish(Topic::Project(id), g).await {
+                            tracing::debug!(error = %e, "claim not published");
+                        }
+                    }
+                    Ok(None) => tracing::debug!(unit = order.unit.index, "hidden audit"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot sign a claim");
+                        break;
+                    }
+                }
+                let Some(f) = self.projects.get_mut(&id) else {
+                    break;
+                };
+                f.busy.insert(order.unit.index);
+                self.running += 1;
+                let limits = limits_of(f.state.manifest());
+                self.spawn_job(id, order, app, limits);
+            }
+        }
+    }
+
+    fn spawn_job(
+        &self,
+        project: ProjectId,
+        order: WorkOrder,
+        app: Arc<App>,
+        limits: SandboxLimits,
+    ) {
+        let client = self.client.clone();
+        let sandbox = Arc::clone(&self.config.sandbox);
+        let tx = self.jobs_tx.clone();
+        let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
+        tokio::spawn(async move {
+            let unit = order.unit;
+            let result = async {
+                if skip {
+                    return Ok((Vec::new(), 0));
+                }
+                let input = match order.input {
+                    Data::Inline(b) => b,
+                    Data::Blob(r) => client
+                        .fetch_blob(r)
+                        .await
+                        .map_err(|e| format!("fetching the input: {e}"))?,
+                };
+                let seed = *order.seed.as_bytes();
+                tokio::task::spawn_blocking(move || sandbox.run(&app, &input, seed, &limits, None))
+                    .await
+                    .map_err(|e| format!("the unit's thread failed: {e}"))?
+                    .map(|o| (o.output, o.fuel_used))
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let _ = tx
+                .send(JobDone {
+                    project,
+                    unit,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    async fn on_job_done(&mut self, done: JobDone) {
+        self.running = self.running.saturating_sub(1);
+        let Some(f) = self.projects.get_mut(&done.project) else {
+            return;
+        };
+        let (mut output, fuel) = match done.result {
+            Ok(x) => x,
+            Err(e) => {
+                // Units are deterministic: a failing unit fails everywhere,
+                // so it stays marked busy here instead of being retried.
+                self.failed += 1;
+                tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e, "unit failed");
+                return;
+            }
+        };
+        if let Some(s) = &self.config.sabotage {
+            let draw: u32 = rand::thread_rng().r#gen();
+            if let Some(wrong) = s.corrupt(&done.unit, &self.me, self.computed, draw, &output) {
+                output = wrong;
+            }
+        }
+        f.busy.remove(&done.unit.index);
+        self.computed += 1;
+        f.computed_here += 1;
+        f.fuel_by_unit.insert(done.unit.index, fuel);
+        let data = Data::for_bytes(&output);
+        if output.len() > MAX_INLINE_BYTES
+            && let Err(e) = self.client.put_blob(output).await
+        {
+            tracing::warn!(error = %e, "cannot store a unit's output");
+            return;
+        }
+        let Some(f) = self.projects.get_mut(&done.project) else {
+            return;
+        };
+        match f
+            .state
+            .commit(&self.config.keypair, done.unit, data, fuel, ENGINE_VERSION)
+        {
+            Ok((commit, reveal)) => {
+                let g = Gossip::Commit(commit);
+                let _ = f.state.apply(&g);
+                f.held.push(reveal);
+                if let Err(e) = self.client.publish(Topic::Project(done.project), g).await {
+                    tracing::debug!(error = %e, "commit not published");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign a commit"),
+        }
+        self.open_commits().await;
+        // Take the next unit now rather than at the next tick: with short
+        // units the tick would otherwise bound throughput.
+        self.schedule().await;
+    }
+
+    /// Reveals every held result whose unit has a quorum of commits.
+    async fn open_commits(&mut self) {
+        let mut to_publish = Vec::new();
+        for (id, f) in self.projects.iter_mut() {
+            let held = std::mem::take(&mut f.held);
+            for r in held {
+                let unit = r.verify().map(|r| r.unit);
+                match unit {
+                    Ok(u) if f.state.may_reveal(&u) => {
+                        let g = Gossip::Reveal(r);
+                        let _ = f.state.apply(&g);
+                        to_publish.push((*id, g));
+                    }
+                    Ok(_) => f.held.push(r),
+                    Err(_) => {}
+                }
+            }
+        }
+        for (id, g) in to_publish {
+            if let Err(e) = self.client.publish(Topic::Project(id), g).await {
+                tracing::debug!(error = %e, "reveal not published");
+            }
+        }
+    }
+
+    fn status(&mut self) -> ComputeStatus {
+        let me = self.me;
+        let mut projects = Vec::new();
+        for (id, f) in self.projects.iter_mut() {
+            let validated = f.state.validated();
+            let credit_fuel = validated
+                .iter()
+                .filter(|v| v.workers.contains(&me))
+                .filter_map(|v| f.fuel_by_unit.get(&v.index))
+                .sum();
+            projects.push(ProjectProgress {
+                project: id.to_string(),
+                name: f.state.manifest().name.clone(),
+                units: f.state.unit_count(),
+                validated: validated.len(),
+                running: f.busy.len(),
+                computed_here: f.computed_here,
+                credit_fuel,
+            });
+        }
+        ComputeStatus {
+            projects,
+            running: self.running,
+            computed: self.computed,
+            failed: self.failed,
+        }
+    }
+}
+
+/// The sandbox limits a manifest asks for.
+pub fn limits_of(m: &ProjectManifest) -> SandboxLimits {
+    SandboxLimits {
+        fuel: m.limits.fuel_per_unit,
+        memory_bytes: m.limits.memory_bytes,
+        max_output_bytes: m.limits.max_output_bytes,
+        wall_clock: Duration::from_millis(m.limits.wall_clock_ms),
+    }
+}
+
+/// Fetches and checks a project's manifest, one batch and (to compute) the
+/// compiled app.
+async fn load(
+    client: &NetworkClient,
+    announce: &Announce,
+    sandbox: &Arc<Sandbox>,
+    compute: bool,
+) -> Result<LoadedParts, LoadError> {
+    let fetch = |what: &'static str, e: crate::network::FetchError| LoadError::Fetch {
+        what,
+        reason: e.to_string(),
+    };
+    let bytes = client
+        .fetch_blob(announce.manifest)
+        .await
+        .map_err(|e| fetch("manifest", e))?;
+    let manifest =
+        Signed::<ProjectManifest>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
+            what: "manifest",
+            reason: e.to_string(),
+        })?;
+    if manifest.id() != announce.project {
+        return Err(LoadError::WrongManifest {
+            announced: announce.project.to_string(),
+            actual: manifest.id().to_string(),
+        });
+    }
+    let m = manifest
+        .verify()
+        .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    let bytes = client
+        .fetch_blob(announce.batch)
+        .await
+        .map_err(|e| fetch("batch", e))?;
+    let batch = Signed::<Batch>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
+        what: "batch",
+        reason: e.to_string(),
+    })?;
+    // Hold every input blob, so the project survives its owner going
+    // offline (and units start without a fetch).
+    if let Ok(b) = batch.verify() {
+        for u in b.units {
+            if let Data::Blob(r) = u.input {
+                client.fetch_blob(r).await.map_err(|e| fetch("input", e))?;
+            }
+        }
+    }
+    let app = if compute {
+        let wasm = client
+            .fetch_blob(m.app)
+            .await
+            .map_err(|e| fetch("app", e))?;
+        let sandbox = Arc::clone(sandbox);
+        let app = tokio::task::spawn_blocking(move || sandbox.compile(&wasm))
+            .await
+            .map_err(|e| LoadError::Compile(e.to_string()))?
+            .map_err(|e| LoadError::Compile(e.to_string()))?;
+        Some(Arc::new(app))
+    } else {
+        None
+    };
+    Ok(LoadedParts {
+        manifest,
+        batch,
+        app,
+    })
+}

@@ -1,0 +1,302 @@
+//! The whole network in one process, over real loopback sockets: volunteers
+//! (some of them saboteurs), an owner who publishes and goes offline, and a
+//! researcher who joins afterwards and collects validated results. Used by
+//! `formic demo` and the end-to-end tests.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use formic_protocol::ContentId;
+use formic_protocol::messages::Gossip;
+use formic_protocol::project::ProjectState;
+use formic_work_units::{Sandbox, SandboxConfig, SandboxLimits, apps};
+use rand::RngCore;
+
+use crate::computing::Sabotage;
+use crate::network::NodeConfig;
+use crate::owner::{self, PublishOptions};
+use crate::session::{Role, Session};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub peers: usize,
+    pub units: usize,
+    pub saboteurs: usize,
+    /// Width of each unit's prime-counting range (sets the unit's cost).
+    pub range: u64,
+    pub quorum: u16,
+    pub audit_rate_ppm: u32,
+    pub timeout: Duration,
+    /// Where the researcher writes the results folder, if anywhere.
+    pub results_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            peers: 5,
+            units: 60,
+            saboteurs: 1,
+            range: 200_000,
+            quorum: 2,
+            audit_rate_ppm: 0,
+            timeout: Duration::from_secs(120),
+            results_dir: None,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub project: ContentId,
+    pub units: usize,
+    pub validated: usize,
+    /// Validated units whose output differs from a local honest run.
+    pub wrong_accepted: usize,
+    /// Unit executions reported to the network (commits).
+    pub executions: usize,
+    /// Workers the evidence proves faulty.
+    pub faulty_workers: usize,
+    pub publish_time: Duration,
+    pub first_validated_after_publish: Option<Duration>,
+    pub wall_time: Duration,
+    /// The collector's final view, for further checks.
+    pub state: ProjectState,
+}
+
+impl DemoReport {
+    /// Executions per validated unit.
+    pub fn overhead(&self) -> f64 {
+        self.executions as f64 / self.validated.max(1) as f64
+    }
+}
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("starting a node: {0}")]
+    Session(#[from] crate::session::SessionError),
+    #[error("the sandbox: {0}")]
+    Sandbox(String),
+    #[error("building the project: {0}")]
+    Build(#[from] owner::BuildError),
+    #[error("publishing: {0}")]
+    Publish(#[from] owner::PublishProjectError),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("writing results: {0}")]
+    Results(String),
+}
+
+fn sabotage_for(i: usize, saboteurs: usize) -> Option<Sabotage> {
+    if i >= saboteurs {
+        None
+    } else if saboteurs >= 2 {
+        // Two or more: a colluding group returning the same wrong answers.
+        Some(Sabotage::Colluding {
+            group: *blake3::hash(b"demo").as_bytes(),
+        })
+    } else {
+        Some(Sabotage::AlwaysWrong)
+    }
+}
+
+/// Runs the demo under `root` (one data dir per node). `progress` is told
+/// (phase, validated, units) as it goes.
+pub async fn run(
+    root: &Path,
+    config: &DemoConfig,
+    progress: &dyn Fn(&str, usize, usize),
+) -> Result<DemoReport, DemoError> {
+    let started = Instant::now();
+    let local = |name: &str| NodeConfig::local(root.join(name));
+
+    // Volunteers: the first one is everyone's bootstrap peer.
+    progress("starting volunteers", 0, config.units);
+    let mut volunteers: Vec<Session> = Vec::new();
+    for i in 0..config.peers {
+        let mut cfg = local(&format!("volunteer-{i}"));
+        if let Some(first) = volunteers.first() {
+            cfg.bootstrap = first.node.dial_addrs();
+        }
+        let role = Role {
+            sabotage: sabotage_for(i, config.saboteurs),
+            ..Role::volunteer(1)
+        };
+        volunteers.push(Session::start(cfg, role).await?);
+    }
+    let bootstrap = volunteers
+        .first()
+        .map(|v| v.node.dial_addrs())
+        .unwrap_or_default();
+
+    // The owner publishes the sample app, waits until two peers hold it,
+    // and goes offline.
+    progress("publishing", 0, config.units);
+    let inputs: Vec<Vec<u8>> = (0..config.units as u64)
+        .map(|i| apps::primes_input(i * config.range, (i + 1) * config.range))
+        .collect();
+    let owner_dir = root.join("owner");
+    let owner_key = crate::identity::load_or_create_keypair(&owner_dir.join(owner::OWNER_KEY_FILE))
+        .map_err(crate::session::SessionError::Identity)?;
+    let opts = PublishOptions {
+        name: "demo: count primes".into(),
+        quorum: config.quorum,
+        max_replicas: config.peers.min(u16::MAX as usize) as u16,
+        audit_rate_ppm: config.audit_rate_ppm,
+        lease_ms: 30_000,
+        ..PublishOptions::default()
+    };
+    let mut seed = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut seed);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let project = owner::build_project(
+        &owner_key,
+        apps::PRIMES_WAT.as_bytes().to_vec(),
+        &inputs,
+        &opts,
+        now_ms,
+        seed,
+    )?;
+    let project_id = project.id();
+    let mut owner_cfg = local("owner");
+    owner_cfg.bootstrap = bootstrap.clone();
+    let owner_session = Session::start(owner_cfg, Role::observer()).await?;
+    owner_session
+        .wait_for_peers(1, Duration::from_secs(20))
+        .await;
+    let publish_started = Instant::now();
+    owner::publish(&owner_session.client(), &project).await?;
+    let deadline = Instant::now() + config.timeout;
+    while owner::replication(&owner_session.client(), &project).await < 2 {
+        if Instant::now() >= deadline {
+            return Err(DemoError::Timeout(
+                "the project never reached two peers".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let publish_time = publish_started.elapsed();
+    let _ = owner_session.shutdown().await;
+
+    // Watch for the first validated unit on a volunteer while the work runs.
+    let mut first_validated = None;
+
+    // A researcher joins after publishing and collects.
+    let mut collector_cfg = local("researcher");
+    collector_cfg.bootstrap = volunteers
+        .last()
+        .map(|v| v.node.dial_addrs())
+        .unwrap_or_default();
+    let collector = Session::start(collector_cfg, Role::observer()).await?;
+    collector.wait_for_peers(1, Duration::from_secs(20)).await;
+    collector.compute.follow(project_id).await;
+    let mut last_sync = Instant::now() - Duration::from_secs(10);
+    let (manifest, state) = loop {
+        if first_validated.is_none() {
+            for v in &volunteers {
+                let st = v.compute.status().borrow().clone();
+                if st.projects.iter().any(|p| p.validated > 0) {
+                    first_validated = Some(publish_started.elapsed());
+                }
+            }
+        }
+        if last_sync.elapsed() >= Duration::from_secs(2) {
+            let _ = collector.client().sync_records(project_id).await;
+            last_sync = Instant::now();
+        }
+        if let Some(mut snap) = collector.compute.snapshot(project_id).await {
+            let validated = snap.state.validated().len();
+            progress("computing", validated, config.units);
+            if snap.state.is_complete() {
+                break (snap.manifest, snap.state);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(DemoError::Timeout(format!(
+                "not every unit was validated within {:?}",
+                config.timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut state = state;
+    if let Some(dir) = &config.results_dir {
+        crate::collect::write_results(
+            &collector.client(),
+            &manifest,
+            &mut state,
+            dir,
+            crate::collect::Format::Json,
+        )
+        .await
+        .map_err(|e| DemoError::Results(e.to_string()))?;
+    }
+    let _ = collector.shutdown().await;
+    for v in volunteers {
+        let _ = v.shutdown().await;
+    }
+
+    // Judge the accepted results against an honest local run of each unit
+    // (on a blocking thread: the sandbox must not run on the async runtime).
+    let validated = state.validated();
+    let judged: Vec<(u64, Vec<u8>)> = validated
+        .iter()
+        .map(|v| (v.index, inputs[v.index as usize].clone()))
+        .collect();
+    let honest = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, ContentId)>, String> {
+        let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
+        let app = sandbox
+            .compile(apps::PRIMES_WAT.as_bytes())
+            .map_err(|e| e.to_string())?;
+        judged
+            .into_iter()
+            .map(|(index, input)| {
+                let unit = formic_protocol::messages::UnitRef {
+                    project: project_id,
+                    index,
+                };
+                let out = sandbox
+                    .run(
+                        &app,
+                        &input,
+                        *unit.id().as_bytes(),
+                        &SandboxLimits::default(),
+                        None,
+                    )
+                    .map_err(|e| e.to_string())?;
+                Ok((index, ContentId::of(&out.output)))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| DemoError::Sandbox(e.to_string()))?
+    .map_err(DemoError::Sandbox)?;
+    let truth: std::collections::HashMap<u64, ContentId> = honest.into_iter().collect();
+    let wrong = validated
+        .iter()
+        .filter(|v| truth.get(&v.index) != Some(&v.result_hash))
+        .count();
+    let executions = state
+        .records()
+        .iter()
+        .filter(|r| matches!(r, Gossip::Commit(_)))
+        .count();
+    let faulty_workers = state.outcome().faulty.len();
+    Ok(DemoReport {
+        project: project_id,
+        units: config.units,
+        validated: validated.len(),
+        wrong_accepted: wrong,
+        executions,
+        faulty_workers,
+        publish_time,
+        first_validated_after_publish: first_validated,
+        wall_time: started.elapsed(),
+        state,
+    })
+}

@@ -1,0 +1,126 @@
+//! A node and its computing layer started together in this process: what
+//! `formic publish`, `formic results`, `formic demo` and the end-to-end
+//! tests run. `formic node` is the long-running form of the same thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use formic_work_units::{Sandbox, SandboxConfig};
+use libp2p::PeerId;
+
+use crate::computing::{self, ComputeConfig, ComputeHandle, Sabotage};
+use crate::network::{self, NetworkClient, NodeConfig, RunningNode};
+
+/// What the computing layer of a session does.
+#[derive(Debug, Clone, Default)]
+pub struct Role {
+    /// Units computed at once (0: follow and validate only).
+    pub slots: usize,
+    /// Follow every announced project.
+    pub follow_all: bool,
+    pub probation: u32,
+    pub sabotage: Option<Sabotage>,
+}
+
+impl Role {
+    /// A volunteer computing `slots` units at once.
+    pub fn volunteer(slots: usize) -> Self {
+        Self {
+            slots,
+            follow_all: true,
+            ..Self::default()
+        }
+    }
+
+    /// An owner or researcher: follows what it is told, computes nothing.
+    pub fn observer() -> Self {
+        Self::default()
+    }
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Start(#[from] network::StartError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::KeyFileError),
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(String),
+}
+
+/// A running node with its computing layer.
+pub struct Session {
+    pub node: RunningNode,
+    pub compute: ComputeHandle,
+}
+
+impl Session {
+    /// Starts the node described by `config` and a computing layer in
+    /// `role`. Must run inside a Tokio runtime.
+    pub async fn start(mut config: NodeConfig, role: Role) -> Result<Self, SessionError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            SessionError::Start(network::StartError::DataDir { path: config.data_dir.clone(), source })
+        })?;
+        let keypair = match config.keypair.clone() {
+            Some(k) => k,
+            None => crate::identity::load_or_create_node_identity(&config.data_dir)?,
+        };
+        config.keypair = Some(keypair.clone());
+        let cache_dir = config.data_dir.join("wasm-cache");
+        let mut node = network::start(config).await?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache_dir),
+        })
+        .map_err(|e| SessionError::Sandbox(e.to_string()))?;
+        let events = node
+            .take_events()
+            .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
+        let compute = computing::spawn(
+            node.client(),
+            events,
+            ComputeConfig {
+                keypair,
+                sandbox: Arc::new(sandbox),
+                slots: role.slots,
+                follow_all: role.follow_all,
+                probation: role.probation,
+                sabotage: role.sabotage,
+                tick: Duration::from_millis(100),
+            },
+        );
+        Ok(Self { node, compute })
+    }
+
+    pub fn client(&self) -> NetworkClient {
+        self.node.client()
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.node.peer_id()
+    }
+
+    /// Waits until at least `n` peers are connected, or `timeout` passes;
+    /// returns how many are.
+    pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let have = self
+                .client()
+                .connected_peers()
+                .await
+                .map(|p| p.len())
+                .unwrap_or(0);
+            if have >= n || tokio::time::Instant::now() >= deadline {
+                return have;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops computing and the node.
+    pub async fn shutdown(self) -> Result<(), network::ShutdownError> {
+        self.compute.stop();
+        self.node.shutdown().await
+    }
+}

@@ -1,0 +1,131 @@
+//! The `formic` binary's contract with users and scripts: the subcommands
+//! `--help` lists, a stable identity per data directory, and exit code 2 for
+//! capabilities that have not landed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn formic() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_formic"));
+    c.env_remove("RUST_LOG").env_remove("FORMIC_DATA_DIR");
+    c
+}
+
+#[test]
+fn help_lists_the_eight_subcommands() {
+    let out = formic().arg("--help").output().expect("run formic --help");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in [
+        "node", "exec", "publish", "status", "results", "pause", "resume", "demo",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(sub)),
+            "`formic --help` does not list `{sub}`:\n{text}"
+        );
+    }
+    // Each subcommand has help of its own that says what it is for.
+    for sub in [
+        "node", "exec", "publish", "status", "results", "pause", "resume", "demo",
+    ] {
+        let out = formic()
+            .args([sub, "--help"])
+            .output()
+            .expect("run subcommand --help");
+        assert!(out.status.success(), "`formic {sub} --help` failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}
+
+/// Starts `formic node` on a data dir, reads the PeerId it prints first on
+/// stdout, and stops it.
+fn peer_id_of(data_dir: &std::path::Path) -> String {
+    let mut child = formic()
+        .args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn formic node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let started = Instant::now();
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("formic node printed its PeerId");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    line.trim().to_owned()
+}
+
+#[test]
+fn the_same_data_dir_gives_the_same_peer_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = peer_id_of(dir.path());
+    assert!(
+        first.starts_with("12D3KooW"),
+        "not an ed25519 PeerId: {first:?}"
+    );
+    assert_eq!(
+        first,
+        peer_id_of(dir.path()),
+        "identity changed between runs"
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    assert_ne!(
+        first,
+        peer_id_of(other.path()),
+        "two data dirs share an identity"
+    );
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("identity.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "identity key must be private");
+    }
+}
+
+#[test]
+fn a_corrupt_identity_file_is_a_clear_error_not_a_new_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("identity.key"), b"not a key").expect("write");
+    let out = formic()
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("identity.key")).expect("read"),
+        b"not a key",
+        "must not overwrite"
+    );
+}
+
+#[test]
+fn unlanded_capabilities_exit_2_and_say_so() {
+    // Publishing spot checks has not landed (validation supports them).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = formic()
+        .args(["publish", "app.wat", "--inputs", "in", "--spot-checks", "0.1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
+}
