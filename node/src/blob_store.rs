@@ -60,6 +60,9 @@ pub struct BlobStoreStats {
 pub struct BlobStore {
     dir: PathBuf,
     manifests: Mutex<HashMap<ContentId, BlobManifest>>,
+    /// Serializes writes: two fetches of the same blob would otherwise share
+    /// one temporary file name.
+    writing: Mutex<()>,
 }
 
 impl BlobStore {
@@ -73,6 +76,7 @@ impl BlobStore {
         Ok(Self {
             dir,
             manifests: Mutex::new(HashMap::new()),
+            writing: Mutex::new(()),
         })
     }
 
@@ -107,6 +111,7 @@ impl BlobStore {
                 found,
             });
         }
+        let _guard = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         if !self.has(&blob.id) {
             crate::data_dir::write_atomic(&self.path(&blob.id), bytes, false).map_err(
                 |source| BlobStoreError::Io {

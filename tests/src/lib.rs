@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use formic_node::network::{self, NetworkEvent, NodeConfig, RunningNode};
+use formic_node::network::{self, NetworkEvent, NodeConfig, RecordVia, RunningNode};
 use formic_protocol::messages::{Commit, Gossip, ProjectId, UnitRef};
 use formic_protocol::{ContentId, Signed};
 use libp2p::identity::Keypair;
@@ -80,14 +80,20 @@ pub async fn wait_event<T>(
     }
 }
 
-/// Waits for a record whose bytes equal `expected`'s, from any source.
+/// Waits for a record whose bytes equal `expected`'s; returns who sent it
+/// and how (gossip, or pull-sync when a sync was faster).
 pub async fn wait_record(
     events: &mut mpsc::Receiver<NetworkEvent>,
     timeout: Duration,
     expected: &Gossip,
-) -> anyhow::Result<PeerId> {
+) -> anyhow::Result<(PeerId, RecordVia)> {
     wait_event(events, timeout, "a record", |ev| match ev {
-        NetworkEvent::Record { source, gossip, .. } if gossip == expected => Some(*source),
+        NetworkEvent::Record {
+            source,
+            via,
+            gossip,
+            ..
+        } if gossip == expected => Some((*source, *via)),
         _ => None,
     })
     .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use formic_node::network::{RunningNode, Topic};
+use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};
 use formic_tests::*;
 use libp2p::identity::Keypair;
 
@@ -78,7 +78,20 @@ async fn network_reforms_after_each_node_restarts() -> anyhow::Result<()> {
         .await?;
 
         // What it missed while down arrives by pull-sync.
-        wait_record(&mut events[round], WAIT, &missed).await?;
+        let via = wait_event(
+            &mut events[round],
+            WAIT,
+            "the missed record",
+            |ev| match ev {
+                NetworkEvent::Record { gossip, via, .. } if *gossip == missed => Some(*via),
+                _ => None,
+            },
+        )
+        .await?;
+        assert!(
+            matches!(via, RecordVia::Sync { .. }),
+            "missed record came by {via:?}"
+        );
 
         // Fresh gossip from the restarted node reaches the others, and theirs reaches it.
         let fresh = commit(&key, project, next_index);
@@ -93,7 +106,11 @@ async fn network_reforms_after_each_node_restarts() -> anyhow::Result<()> {
         let reply = commit(&key, project, next_index);
         next_index += 1;
         nodes[other].client().publish(topic, reply.clone()).await?;
-        wait_record(&mut events[round], WAIT, &reply).await?;
+        for (i, ev) in events.iter_mut().enumerate() {
+            if i != other {
+                wait_record(ev, WAIT, &reply).await?;
+            }
+        }
 
         // Every node now holds every record published so far.
         for n in &nodes {

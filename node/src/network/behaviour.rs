@@ -14,8 +14,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns,
-    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, gossipsub, identify, kad,
+    mdns, memory_connection_limits, noise, ping, request_response, tcp, yamux,
 };
 
 use super::codec::{BlobCodec, SyncCodec};
@@ -44,6 +44,11 @@ pub(crate) struct Behaviour {
     pub(crate) memory: memory_connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) identify: identify::Behaviour,
+    /// AutoNAT v2: asks peers to dial our candidate addresses back; a
+    /// confirmed one switches Kademlia from client to server mode.
+    pub(crate) autonat_client: autonat::v2::client::Behaviour,
+    /// Answers other peers' AutoNAT v2 probes.
+    pub(crate) autonat_server: autonat::v2::server::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
@@ -110,7 +115,10 @@ fn gossipsub(keypair: &Keypair) -> Result<gossipsub::Behaviour, StartError> {
 fn kademlia(keypair: &Keypair, config: &NodeConfig) -> kad::Behaviour<kad::store::MemoryStore> {
     let peer_id = keypair.public().to_peer_id();
     let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-    cfg.set_periodic_bootstrap_interval(Some(config.bootstrap_interval));
+    // The swarm task bootstraps on its own schedule: often while the
+    // routing table is sparse, rarely once it is full, because every
+    // bootstrap query re-dials peers that pruning just disconnected.
+    cfg.set_periodic_bootstrap_interval(None);
     cfg.set_query_timeout(Duration::from_secs(15));
     // Provider records must outlive the short test runs and a volunteer's
     // reboot; libp2p republishes them itself.
@@ -159,6 +167,8 @@ fn behaviour(keypair: &Keypair, config: &NodeConfig) -> Result<Behaviour, StartE
                 .with_push_listen_addr_updates(true)
                 .with_cache_size(256),
         ),
+        autonat_client: autonat::v2::client::Behaviour::default(),
+        autonat_server: autonat::v2::server::Behaviour::default(),
         ping: ping::Behaviour::default(),
         kad: kademlia(keypair, config),
         gossipsub: gossipsub(keypair)?,

@@ -63,6 +63,13 @@ pub const ANNOUNCE_TOPIC: &str = "formic/announce";
 /// signature, sequence number, topic).
 pub const GOSSIP_ENVELOPE_OVERHEAD: usize = 2048;
 
+/// Routing-table size from which Kademlia is considered settled (its
+/// replication factor K).
+pub const SETTLED_ROUTING_TABLE: usize = 20;
+
+/// Re-bootstrap period of a settled routing table.
+pub const SETTLED_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
+
 /// A gossipsub topic Formic uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -120,7 +127,7 @@ impl Default for NetworkLimits {
             max_connections_per_peer: 2,
             max_pending: 32,
             prune_above: 25,
-            idle_after: Duration::from_secs(30),
+            idle_after: Duration::from_secs(10),
             max_memory_fraction: 0.9,
             publish_queue: 256,
             event_queue: 1024,
@@ -157,8 +164,11 @@ pub struct NodeConfig {
     pub kad_server: bool,
     /// Serve the control API on this address (127.0.0.1 only).
     pub api_addr: Option<SocketAddr>,
-    /// How often Kademlia re-bootstraps: short so a fresh network converges
-    /// in seconds (the libp2p default of 5 minutes leaves peers isolated).
+    /// How often Kademlia re-bootstraps while its routing table is sparse:
+    /// short so a fresh network converges in seconds (the libp2p default of
+    /// 5 minutes leaves peers isolated). Once the table holds
+    /// [`SETTLED_ROUTING_TABLE`] peers it re-bootstraps every
+    /// [`SETTLED_BOOTSTRAP_INTERVAL`] instead.
     pub bootstrap_interval: Duration,
     pub limits: NetworkLimits,
     #[doc(hidden)]

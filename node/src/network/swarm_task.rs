@@ -32,7 +32,7 @@ use super::client::{
 use super::records::{Inserted, RecordStore, verify_record};
 use super::{
     FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, NodeConfig,
-    RecordVia, StartError, Topic, peers_file,
+    RecordVia, SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, StartError, Topic, peers_file,
 };
 use crate::blob_store::{BlobStore, BlobStoreStats};
 
@@ -94,6 +94,7 @@ struct Task {
     peer_id: PeerId,
     data_dir: PathBuf,
     limits: NetworkLimits,
+    bootstrap_interval: Duration,
     fault: FaultInjection,
     store: Arc<BlobStore>,
     records: RecordStore,
@@ -184,6 +185,7 @@ pub(crate) async fn spawn(
         peer_id,
         data_dir: config.data_dir.clone(),
         limits: config.limits.clone(),
+        bootstrap_interval: config.bootstrap_interval,
         fault: config.fault.clone(),
         store,
         records: RecordStore::new(config.limits.records),
@@ -590,7 +592,11 @@ impl Task {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
-                self.touch(peer_id);
+                // A new connection is not activity: Kademlia re-dials peers we
+                // pruned, and counting that would keep every one of them.
+                self.last_activity
+                    .entry(peer_id)
+                    .or_insert_with(Instant::now);
                 if num_established.get() == 1 {
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
@@ -600,15 +606,12 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::debug!(peer = %peer_id, "disconnected");
-                    self.last_activity.remove(&peer_id);
-                    self.synced_with.retain(|(p, _)| *p != peer_id);
-                    self.emit(NetworkEvent::PeerDisconnected(peer_id));
-                }
+                tracing::debug!(peer = %peer_id, "disconnected");
+                self.synced_with.retain(|(p, _)| *p != peer_id);
+                self.emit(NetworkEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
@@ -620,6 +623,25 @@ impl Task {
                 tracing::info!(%address, "external address confirmed");
             }
             _ => {}
+        }
+    }
+
+    /// Kademlia's periodic bootstrap, driven here (see `behaviour`).
+    fn periodic_bootstrap(&mut self) {
+        let table: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let interval = if table >= SETTLED_ROUTING_TABLE {
+            SETTLED_BOOTSTRAP_INTERVAL
+        } else {
+            self.bootstrap_interval
+        };
+        if table > 0 && self.last_bootstrap.is_none_or(|t| t.elapsed() >= interval) {
+            self.bootstrap();
         }
     }
 
@@ -637,20 +659,28 @@ impl Task {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // Only peers that speak our Kademlia protocol go into the
-                // routing table, with the addresses they listen on.
-                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                    // A peer newly reachable over Kademlia: look around again
-                    // now rather than at the next periodic bootstrap.
-                    if self.kad_peers.len() < 100_000 && self.kad_peers.insert(peer_id) {
-                        self.bootstrap();
-                    }
+            // Only peers that speak our Kademlia protocol go into the
+            // routing table, with the addresses they listen on.
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                // A peer newly reachable over Kademlia: look around again
+                // now rather than at the next periodic bootstrap.
+                if self.kad_peers.len() < 100_000 && self.kad_peers.insert(peer_id) {
+                    self.bootstrap();
                 }
             }
+            BehaviourEvent::AutonatClient(event) => match event.result {
+                Ok(()) => {
+                    tracing::debug!(address = %event.tested_addr, server = %event.server, "address reachable")
+                }
+                Err(e) => {
+                    tracing::debug!(address = %event.tested_addr, error = %e, "address not reachable")
+                }
+            },
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
@@ -1114,6 +1144,7 @@ impl Task {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        self.periodic_bootstrap();
         if !self.publish_queue.is_empty() {
             self.retry_publish();
         }
@@ -1130,6 +1161,12 @@ impl Task {
     /// outside every gossip mesh, not bootstrap peers, and not mid-request.
     fn prune_connections(&mut self) {
         let connected = self.swarm.connected_peers().count();
+        // Forget peers gone for a while (bounds the map); remembering recent
+        // ones keeps a re-dialed, still idle peer prunable.
+        let forget_after = self.limits.idle_after * 4;
+        let swarm = &self.swarm;
+        self.last_activity
+            .retain(|p, t| swarm.is_connected(p) || t.elapsed() < forget_after);
         if connected <= self.limits.prune_above {
             return;
         }
