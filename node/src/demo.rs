@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use formic_protocol::ContentId;
 use formic_protocol::messages::Gossip;
 use formic_protocol::project::ProjectState;
-use formic_work_units::{Sandbox, SandboxConfig, SandboxLimits, apps};
+use formic_work_units::{Sandbox, SandboxConfig, apps};
 use rand::RngCore;
 
 use crate::computing::Sabotage;
@@ -61,6 +61,9 @@ pub struct DemoReport {
     pub faulty_workers: usize,
     pub publish_time: Duration,
     pub first_validated_after_publish: Option<Duration>,
+    /// From the owner starting to publish until the researcher saw every
+    /// unit validated: the project's own time, without network start-up.
+    pub publish_to_complete: Duration,
     pub wall_time: Duration,
     /// The collector's final view, for further checks.
     pub state: ProjectState,
@@ -147,6 +150,8 @@ pub async fn run(
         max_replicas: config.peers.min(u16::MAX as usize) as u16,
         audit_rate_ppm: config.audit_rate_ppm,
         lease_ms: 30_000,
+        // Fuel is the deterministic bound; the demo's units must never hit it.
+        fuel_per_unit: 1_000_000_000_000,
         ..PublishOptions::default()
     };
     let mut seed = [0u8; 32];
@@ -196,7 +201,7 @@ pub async fn run(
     collector.wait_for_peers(1, Duration::from_secs(20)).await;
     collector.compute.follow(project_id).await;
     let mut last_sync = Instant::now() - Duration::from_secs(10);
-    let (manifest, state) = loop {
+    let (manifest, state, publish_to_complete) = loop {
         if first_validated.is_none() {
             for v in &volunteers {
                 let st = v.compute.status().borrow().clone();
@@ -213,7 +218,7 @@ pub async fn run(
             let validated = snap.state.validated().len();
             progress("computing", validated, config.units);
             if snap.state.is_complete() {
-                break (snap.manifest, snap.state);
+                break (snap.manifest, snap.state, publish_started.elapsed());
             }
         }
         if Instant::now() >= deadline {
@@ -243,11 +248,13 @@ pub async fn run(
 
     // Judge the accepted results against an honest local run of each unit
     // (on a blocking thread: the sandbox must not run on the async runtime).
+    let manifest_limits = state.manifest().clone();
     let validated = state.validated();
     let judged: Vec<(u64, Vec<u8>)> = validated
         .iter()
         .map(|v| (v.index, inputs[v.index as usize].clone()))
         .collect();
+    let limits = crate::computing::limits_of(&manifest_limits);
     let honest = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, ContentId)>, String> {
         let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
         let app = sandbox
@@ -261,13 +268,7 @@ pub async fn run(
                     index,
                 };
                 let out = sandbox
-                    .run(
-                        &app,
-                        &input,
-                        *unit.id().as_bytes(),
-                        &SandboxLimits::default(),
-                        None,
-                    )
+                    .run(&app, &input, *unit.id().as_bytes(), &limits, None)
                     .map_err(|e| e.to_string())?;
                 Ok((index, ContentId::of(&out.output)))
             })
@@ -296,6 +297,7 @@ pub async fn run(
         faulty_workers,
         publish_time,
         first_validated_after_publish: first_validated,
+        publish_to_complete,
         wall_time: started.elapsed(),
         state,
     })

@@ -5,20 +5,20 @@
 //! `anyhow` is used; `identity` and `data_dir` own files in the data
 //! directory; the network, store and governor modules arrive with their issues.
 
-pub mod cli;
-pub mod commands;
-pub mod data_dir;
-pub mod identity;
-pub mod logging;
 pub mod api;
 pub mod blob_store;
-pub mod network;
+pub mod cli;
+pub mod collect;
+pub mod commands;
 pub mod compute_pool;
+pub mod computing;
+pub mod data_dir;
+pub mod demo;
 pub mod governor;
+pub mod identity;
+pub mod logging;
+pub mod network;
+pub mod owner;
 pub mod preferences;
 pub mod service;
-pub mod computing;
-pub mod owner;
-pub mod collect;
 pub mod session;
-pub mod demo;

@@ -60,7 +60,10 @@ impl Session {
     /// `role`. Must run inside a Tokio runtime.
     pub async fn start(mut config: NodeConfig, role: Role) -> Result<Self, SessionError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
-            SessionError::Start(network::StartError::DataDir { path: config.data_dir.clone(), source })
+            SessionError::Start(network::StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })
         })?;
         let keypair = match config.keypair.clone() {
             Some(k) => k,

@@ -122,7 +122,15 @@ fn unlanded_capabilities_exit_2_and_say_so() {
     // Publishing spot checks has not landed (validation supports them).
     let dir = tempfile::tempdir().expect("tempdir");
     let out = formic()
-        .args(["publish", "app.wat", "--inputs", "in", "--spot-checks", "0.1", "--data-dir"])
+        .args([
+            "publish",
+            "app.wat",
+            "--inputs",
+            "in",
+            "--spot-checks",
+            "0.1",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .expect("run");

@@ -1,7 +1,9 @@
 //! `formic node`: the volunteer's peer. Prints its PeerId on stdout, joins
 //! the network (TCP and QUIC, Kademlia, gossipsub, mDNS unless disabled),
+//! follows every announced project and computes its units in the sandbox,
 //! serves the control API for `formic status`, and stops cleanly on Ctrl-C
-//! or SIGTERM.
+//! or SIGTERM. (The idle governor is not wired in yet: it computes whenever
+//! there is work.)
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use libp2p::Multiaddr;
 
 use crate::cli::GlobalArgs;
 use crate::network::{self, NodeConfig, StartError};
+use crate::session::{Role, Session, SessionError};
 
 /// Port used when no `--listen` is given: a stable port lets peers and
 /// port-forwarding rules find a volunteer again after a restart.
@@ -43,6 +46,21 @@ pub struct NodeArgs {
     /// confirmed).
     #[arg(long)]
     pub kad_server: bool,
+
+    /// Units to compute at once (default: all cores but one, at least one;
+    /// 0 relays and stores for the network without computing).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Deliberately return wrong results, to test a network's defences:
+    /// always-wrong, sometimes-wrong:P, honest-then-defect:N, copier,
+    /// colluding:GROUP. Never use on a real network.
+    #[arg(long, value_name = "MODE", hide = true, value_parser = parse_sabotage)]
+    pub sabotage: Option<crate::computing::Sabotage>,
+}
+
+fn parse_sabotage(s: &str) -> Result<crate::computing::Sabotage, String> {
+    crate::computing::Sabotage::parse(s)
 }
 
 pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -68,26 +86,23 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut node = match network::start(config.clone()).await {
-            Err(StartError::Listen { addr, reason }) if defaulted => {
+        // The network and the computing layer that follows every announced
+        // project and computes its units in the sandbox.
+        let role = Role {
+            sabotage: args.sabotage,
+            ..Role::volunteer(args.threads.unwrap_or_else(crate::preferences::default_threads))
+        };
+        let session = match Session::start(config.clone(), role.clone()).await {
+            Err(SessionError::Start(StartError::Listen { addr, reason })) if defaulted => {
                 tracing::warn!(%addr, %reason, "default port is taken; listening on a free port instead");
                 config.listen = network::default_listen(0);
-                network::start(config).await.context("starting the node")?
+                Session::start(config, role).await.context("starting the node")?
             }
             other => other.context("starting the node")?,
         };
-        // Nothing consumes records yet in this command; drain the events so
-        // they are logged rather than counted as dropped.
-        if let Some(mut events) = node.take_events() {
-            tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    tracing::debug!(?event, "network event");
-                }
-            });
-        }
         wait_for_stop_signal().await.context("waiting for a stop signal")?;
         tracing::info!("stopping");
-        node.shutdown().await.context("stopping the node")?;
+        session.shutdown().await.context("stopping the node")?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -462,6 +462,7 @@ impl Worker {
         let sandbox = Arc::clone(&self.config.sandbox);
         let tx = self.jobs_tx.clone();
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
+        tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
         tokio::spawn(async move {
             let unit = order.unit;
             let result = async {
@@ -515,6 +516,7 @@ impl Worker {
             }
         }
         f.busy.remove(&done.unit.index);
+        tracing::debug!(project = %done.project.short(), unit = done.unit.index, fuel, "unit computed");
         self.computed += 1;
         f.computed_here += 1;
         f.fuel_by_unit.insert(done.unit.index, fuel);

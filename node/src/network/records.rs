@@ -81,6 +81,14 @@ impl RecordStore {
     }
 
     /// Whether these exact bytes are already stored for `project`.
+    /// Whether these exact bytes are held under any project. Records are
+    /// content-addressed, so bytes held here were verified on arrival and
+    /// need no second signature check.
+    pub fn holds(&self, bytes: &[u8]) -> bool {
+        let id = ContentId::of(bytes);
+        self.projects.values().any(|log| log.seen.contains(&id))
+    }
+
     pub fn contains(&self, project: &ProjectId, bytes: &[u8]) -> bool {
         self.projects
             .get(project)
