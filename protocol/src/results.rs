@@ -95,13 +95,13 @@ impl EvidenceBundle {
     pub fn replay(&self, expected_owner: Option<&SignerKey>) -> Result<ProjectState, CheckError> {
         let mut state =
             ProjectState::new(&self.manifest, self.probation).map_err(CheckError::Manifest)?;
-        if let Some(owner) = expected_owner {
-            if *owner != state.owner() {
-                return Err(CheckError::WrongOwner {
-                    expected: owner.to_string(),
-                    found: state.owner().to_string(),
-                });
-            }
+        if let Some(owner) = expected_owner
+            && *owner != state.owner()
+        {
+            return Err(CheckError::WrongOwner {
+                expected: owner.to_string(),
+                found: state.owner().to_string(),
+            });
         }
         for (seq, b) in self.batches.iter().enumerate() {
             state

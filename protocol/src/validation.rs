@@ -306,7 +306,7 @@ fn groups(u: &InternedUnit, faulty: &[Option<Fault>]) -> Vec<(ContentId, Vec<usi
             None => g.push((*r, vec![*w])),
         }
     }
-    g.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    g.sort_unstable_by_key(|(h, _)| *h);
     g
 }
 
@@ -468,7 +468,7 @@ fn settle_dispute(
     // Rank by (veterans, members); the leader must beat the runner-up.
     let mut ranked: Vec<(usize, usize, ContentId)> =
         g.iter().map(|(h, ws)| (vets(ws), ws.len(), *h)).collect();
-    ranked.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    ranked.sort_unstable_by_key(|r| std::cmp::Reverse((r.0, r.1)));
     let (lead_vets, lead_n, lead) = *ranked.first()?;
     let (second_vets, second_n, _) = *ranked.get(1)?;
     let by_members = lead_vets >= 1 && lead_n >= second_n + margin && lead_n >= quorum;
