@@ -12,7 +12,7 @@ use crate::computing::{self, ComputeConfig, ComputeHandle, Sabotage};
 use crate::network::{self, NetworkClient, NodeConfig, RunningNode};
 
 /// What the computing layer of a session does.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Role {
     /// Units computed at once (0: follow and validate only).
     pub slots: usize,
@@ -20,6 +20,11 @@ pub struct Role {
     pub follow_all: bool,
     pub probation: u32,
     pub sabotage: Option<Sabotage>,
+    /// Run units on idle-priority threads (volunteers) rather than Tokio's
+    /// blocking threads.
+    pub idle_priority: bool,
+    /// The idle governor's unit set, when a governor runs.
+    pub governed: Option<crate::governor::UnitSet>,
 }
 
 impl Role {
@@ -79,6 +84,15 @@ impl Session {
         let events = node
             .take_events()
             .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
+        let pool = if role.idle_priority && role.slots > 0 {
+            let pool = crate::compute_pool::ComputePool::new(
+                crate::compute_pool::PoolConfig::with_threads(role.slots),
+            )
+            .map_err(|e| SessionError::Sandbox(format!("cannot start the compute threads: {e}")))?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
         let compute = computing::spawn(
             node.client(),
             events,
@@ -90,6 +104,8 @@ impl Session {
                 probation: role.probation,
                 sabotage: role.sabotage,
                 tick: Duration::from_millis(100),
+                pool,
+                governed: role.governed,
             },
         );
         Ok(Self { node, compute })

@@ -2,8 +2,7 @@
 //! the network (TCP and QUIC, Kademlia, gossipsub, mDNS unless disabled),
 //! follows every announced project and computes its units in the sandbox,
 //! serves the control API for `formic status`, and stops cleanly on Ctrl-C
-//! or SIGTERM. (The idle governor is not wired in yet: it computes whenever
-//! there is work.)
+//! or SIGTERM. Units run on idle-priority threads under the idle governor.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -70,6 +69,16 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     // The PeerId first, alone on stdout: scripts read it.
     println!("{}", keypair.public().to_peer_id());
 
+    // Preferences (formic.toml in the config dir, reloaded on SIGHUP) steer
+    // the governor; --threads overrides the preference.
+    let prefs_path = crate::preferences::default_path();
+    let prefs = match &prefs_path {
+        Some(p) => crate::preferences::Preferences::load_or_default(p)
+            .with_context(|| format!("reading preferences {}", p.display()))?,
+        None => crate::preferences::Preferences::default(),
+    };
+    let threads = args.threads.unwrap_or(prefs.threads);
+    let governor_dir = data_dir.clone();
     let defaulted = args.listen.is_empty();
     let mut config = NodeConfig::new(data_dir, DEFAULT_PORT);
     config.keypair = Some(keypair);
@@ -88,9 +97,27 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         // The network and the computing layer that follows every announced
         // project and computes its units in the sandbox.
+        let (prefs_tx, prefs_rx) = tokio::sync::watch::channel(prefs);
+        if let Some(path) = prefs_path {
+            crate::preferences::spawn_reload_on_sighup(path, Default::default(), prefs_tx)
+                .context("watching for SIGHUP")?;
+        }
+        // The idle governor pauses running units in place and holds back new
+        // ones while the user is active, the CPU is busy, on battery, outside
+        // allowed hours or after `formic pause`.
+        let units = crate::governor::UnitSet::new();
+        let governor = crate::governor::spawn(
+            crate::governor::Sources::linux(&governor_dir),
+            prefs_rx,
+            units.clone(),
+            crate::governor::DEFAULT_TICK,
+        )
+        .context("starting the idle governor")?;
         let role = Role {
             sabotage: args.sabotage,
-            ..Role::volunteer(args.threads.unwrap_or_else(crate::preferences::default_threads))
+            idle_priority: true,
+            governed: Some(units),
+            ..Role::volunteer(threads)
         };
         let session = match Session::start(config.clone(), role.clone()).await {
             Err(SessionError::Start(StartError::Listen { addr, reason })) if defaulted => {
@@ -103,6 +130,7 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
         wait_for_stop_signal().await.context("waiting for a stop signal")?;
         tracing::info!("stopping");
         session.shutdown().await.context("stopping the node")?;
+        governor.shutdown();
         Ok(ExitCode::SUCCESS)
     })
 }

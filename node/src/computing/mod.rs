@@ -50,6 +50,13 @@ pub struct ComputeConfig {
     pub sabotage: Option<Sabotage>,
     /// How often to look for work and open commits.
     pub tick: Duration,
+    /// Threads that run units at the lowest OS priority. Without one, units
+    /// run on Tokio's blocking threads (tests, short-lived sessions).
+    pub pool: Option<Arc<crate::compute_pool::ComputePool>>,
+    /// The idle governor's set of running units: each unit registers its
+    /// control so the governor can pause it in place, and no new unit starts
+    /// while the governor says suspended. None: always run.
+    pub governed: Option<crate::governor::UnitSet>,
 }
 
 impl std::fmt::Debug for ComputeConfig {
@@ -414,6 +421,14 @@ impl Worker {
     }
 
     async fn schedule(&mut self) {
+        if self
+            .config
+            .governed
+            .as_ref()
+            .is_some_and(|u| u.decision() == crate::governor::Decision::Suspended)
+        {
+            return;
+        }
         let now = now_ms();
         let ids: Vec<ProjectId> = self.projects.keys().copied().collect();
         for id in ids {
@@ -463,6 +478,8 @@ impl Worker {
         let tx = self.jobs_tx.clone();
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
+        let pool = self.config.pool.clone();
+        let governed = self.config.governed.clone();
         tokio::spawn(async move {
             let unit = order.unit;
             let result = async {
@@ -477,9 +494,25 @@ impl Worker {
                         .map_err(|e| format!("fetching the input: {e}"))?,
                 };
                 let seed = *order.seed.as_bytes();
-                tokio::task::spawn_blocking(move || sandbox.run(&app, &input, seed, &limits, None))
-                    .await
-                    .map_err(|e| format!("the unit's thread failed: {e}"))?
+                let job = move || {
+                    // Registered for the run's duration: the governor pauses
+                    // it in place (no progress lost) and resumes it.
+                    let control = formic_work_units::UnitControl::new();
+                    let _guard = governed.as_ref().map(|u| u.register(control.clone()));
+                    sandbox.run(&app, &input, seed, &limits, Some(&control))
+                };
+                let outcome = match pool {
+                    Some(pool) => pool
+                        .submit(job)
+                        .await
+                        .map_err(|e| format!("the compute pool refused the unit: {e}"))?
+                        .await
+                        .map_err(|_| "the unit's thread failed".to_owned())?,
+                    None => tokio::task::spawn_blocking(job)
+                        .await
+                        .map_err(|e| format!("the unit's thread failed: {e}"))?,
+                };
+                outcome
                     .map(|o| (o.output, o.fuel_used))
                     .map_err(|e| e.to_string())
             }
