@@ -64,12 +64,8 @@ impl Session {
     /// Starts the node described by `config` and a computing layer in
     /// `role`. Must run inside a Tokio runtime.
     pub async fn start(mut config: NodeConfig, role: Role) -> Result<Self, SessionError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
-            SessionError::Start(network::StartError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })
-        })?;
+        // The key is loaded here (creating the data dir if needed) because
+        // the computing layer signs with the same key the network uses.
         let keypair = match config.keypair.clone() {
             Some(k) => k,
             None => crate::identity::load_or_create_node_identity(&config.data_dir)?,

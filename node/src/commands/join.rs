@@ -7,6 +7,7 @@ use clap::Args;
 use libp2p::Multiaddr;
 
 use crate::network::NodeConfig;
+use crate::session::{Role, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
@@ -37,5 +38,20 @@ impl JoinArgs {
         // Its own API would collide with a `formic node` on the same data dir.
         config.api_addr = None;
         config
+    }
+
+    /// Starts a short-lived observer node in `data_dir` and waits until it
+    /// has a peer, or says how to give it one.
+    pub async fn join(&self, data_dir: &Path) -> anyhow::Result<Session> {
+        let session = Session::start(self.node_config(data_dir), Role::observer()).await?;
+        if session
+            .wait_for_peers(1, std::time::Duration::from_secs(30))
+            .await
+            == 0
+        {
+            session.shutdown().await.ok();
+            anyhow::bail!("no peer found in 30 s: pass --bootstrap with a running node's address");
+        }
+        Ok(session)
     }
 }

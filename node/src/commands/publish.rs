@@ -16,7 +16,6 @@ use rand::RngCore;
 use super::join::JoinArgs;
 use crate::cli::GlobalArgs;
 use crate::owner::{self, OWNER_KEY_FILE, PublishOptions};
-use crate::session::{Role, Session};
 
 #[derive(Debug, Args)]
 #[command(
@@ -122,11 +121,7 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let session = Session::start(args.join.node_config(&data_dir), Role::observer()).await?;
-        if session.wait_for_peers(1, Duration::from_secs(30)).await == 0 {
-            session.shutdown().await.ok();
-            bail!("no peer found in 30 s: pass --bootstrap with a running node's address");
-        }
+        let session = args.join.join(&data_dir).await?;
         owner::publish(&session.client(), &project).await.context("publishing")?;
         let bar = ProgressBar::new(args.replicate as u64).with_style(
             ProgressStyle::with_template("{spinner} held by {pos}/{len} other peers {msg}")

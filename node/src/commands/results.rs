@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::join::JoinArgs;
 use crate::cli::GlobalArgs;
 use crate::collect::{self, Format};
-use crate::session::{Role, Session};
 
 /// Exit code when results were written but not every unit is validated yet.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -68,11 +67,7 @@ pub fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let data_dir = crate::data_dir::resolve(global.data_dir.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let session = Session::start(args.join.node_config(&data_dir), Role::observer()).await?;
-        if session.wait_for_peers(1, Duration::from_secs(30)).await == 0 {
-            session.shutdown().await.ok();
-            bail!("no peer found in 30 s: pass --bootstrap with a running node's address");
-        }
+        let session = args.join.join(&data_dir).await?;
         session.compute.follow(project).await;
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} units validated {msg}")
