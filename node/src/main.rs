@@ -12,7 +12,14 @@ use formic_node::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = formic_node::logging::init(cli.global.log_level.as_deref()) {
+    // The demo runs a dozen nodes in one process: their routine info lines
+    // would bury its progress bar and summary, so it defaults to warnings.
+    let default_level = match cli.command {
+        formic_node::cli::Command::Demo(_) => Some("warn"),
+        _ => None,
+    };
+    if let Err(err) = formic_node::logging::init(cli.global.log_level.as_deref().or(default_level))
+    {
         eprintln!("formic: could not set up logging: {err:#}");
         return ExitCode::from(1);
     }
