@@ -496,6 +496,11 @@ impl ProjectState {
             .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
         let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
+        // A unit that already has a replica under way or revealed is taken
+        // before a fresh one, so a unit's replicas run side by side and it
+        // validates as soon as they finish, instead of every worker opening
+        // a new unit and validations trailing by a whole unit's time.
+        let mut fresh: Option<WorkOrder> = None;
         for index in order {
             let recs = self.units.get(index);
             if busy.contains(index) || recs.is_some_and(|r| r.involves(me)) {
@@ -516,18 +521,25 @@ impl ProjectState {
                 continue;
             }
             let slots = self.open_slots(*index, outcome, now_ms);
+            let started = recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty());
             let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
             if slots > 0 || auditable {
                 let spec = self.specs.get(index)?;
-                return Some(WorkOrder {
+                let order = WorkOrder {
                     unit,
                     input: spec.1.input.clone(),
                     audit: slots == 0,
                     seed: assignment::unit_seed(&unit),
-                });
+                };
+                if started || auditable {
+                    return Some(order);
+                }
+                if fresh.is_none() {
+                    fresh = Some(order);
+                }
             }
         }
-        None
+        fresh
     }
 
     /// A signed claim on `order`'s unit for one lease, to apply and gossip.
