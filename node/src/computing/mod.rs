@@ -167,7 +167,7 @@ struct Followed {
     state: ProjectState,
     app: Option<Arc<App>>,
     /// Reveals waiting for a quorum of commits.
-    held: Vec<Signed<Reveal>>,
+    held: Vec<(UnitRef, Signed<Reveal>)>,
     busy: BTreeSet<u64>,
     computed_here: u64,
     fuel_by_unit: HashMap<u64, u64>,
@@ -570,7 +570,7 @@ impl Worker {
             Ok((commit, reveal)) => {
                 let g = Gossip::Commit(commit);
                 let _ = f.state.apply(&g);
-                f.held.push(reveal);
+                f.held.push((done.unit, reveal));
                 if let Err(e) = self.client.publish(Topic::Project(done.project), g).await {
                     tracing::debug!(error = %e, "commit not published");
                 }
@@ -588,16 +588,13 @@ impl Worker {
         let mut to_publish = Vec::new();
         for (id, f) in self.projects.iter_mut() {
             let held = std::mem::take(&mut f.held);
-            for r in held {
-                let unit = r.verify().map(|r| r.unit);
-                match unit {
-                    Ok(u) if f.state.may_reveal(&u) => {
-                        let g = Gossip::Reveal(r);
-                        let _ = f.state.apply(&g);
-                        to_publish.push((*id, g));
-                    }
-                    Ok(_) => f.held.push(r),
-                    Err(_) => {}
+            for (unit, r) in held {
+                if f.state.may_reveal(&unit) {
+                    let g = Gossip::Reveal(r);
+                    let _ = f.state.apply(&g);
+                    to_publish.push((*id, g));
+                } else {
+                    f.held.push((unit, r));
                 }
             }
         }
