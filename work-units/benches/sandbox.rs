@@ -106,29 +106,9 @@ fn primes_native(lo: u64, hi: u64) -> u64 {
     count
 }
 
-/// Native twin of apps/mandelbrot.wat.
-fn mandelbrot_native(x0: f64, y0: f64, step: f64, w: u32, h: u32, max: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity((w * h * 4) as usize);
-    for y in 0..h {
-        let cy = y0 + (y as f64) * step;
-        for x in 0..w {
-            let cx = x0 + (x as f64) * step;
-            let (mut zx, mut zy, mut n) = (0.0f64, 0.0f64, 0u32);
-            while n < max {
-                let zx2 = zx * zx;
-                let zy2 = zy * zy;
-                if zx2 + zy2 > 4.0 {
-                    break;
-                }
-                zy = 2.0 * zx * zy + cy;
-                zx = zx2 - zy2 + cx;
-                n += 1;
-            }
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-    }
-    out
-}
+#[path = "../reference/mandelbrot.rs"]
+mod mandelbrot;
+use mandelbrot::mandelbrot_native;
 
 struct Variant {
     name: &'static str,

@@ -173,29 +173,9 @@ fn same_unit_same_output_and_fuel_every_time() {
     }
 }
 
-/// Reference Mandelbrot with the same operation order as the WAT.
-fn mandelbrot_reference(x0: f64, y0: f64, step: f64, w: u32, h: u32, max: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    for y in 0..h {
-        let cy = y0 + (y as f64) * step;
-        for x in 0..w {
-            let cx = x0 + (x as f64) * step;
-            let (mut zx, mut zy, mut n) = (0.0f64, 0.0f64, 0u32);
-            while n < max {
-                let zx2 = zx * zx;
-                let zy2 = zy * zy;
-                if zx2 + zy2 > 4.0 {
-                    break;
-                }
-                zy = 2.0 * zx * zy + cy;
-                zx = zx2 - zy2 + cx;
-                n += 1;
-            }
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-    }
-    out
-}
+#[path = "../../reference/mandelbrot.rs"]
+mod mandelbrot;
+use mandelbrot::mandelbrot_native as mandelbrot_reference;
 
 #[test]
 fn mandelbrot_tile_matches_reference() {
