@@ -214,10 +214,14 @@ pub async fn run(
             let _ = collector.client().sync_records(project_id).await;
             last_sync = Instant::now();
         }
-        if let Some(mut snap) = collector.compute.snapshot(project_id).await {
-            let validated = snap.state.validated().len();
-            progress("computing", validated, config.units);
-            if snap.state.is_complete() {
+        // Poll the cheap progress; copy the state only once it looks done.
+        if let Some(p) = collector.compute.progress(project_id) {
+            progress("computing", p.validated, config.units);
+            if p.units > 0
+                && p.validated == p.units
+                && let Some(mut snap) = collector.compute.snapshot(project_id).await
+                && snap.state.is_complete()
+            {
                 break (snap.manifest, snap.state, publish_started.elapsed());
             }
         }

@@ -378,6 +378,11 @@ impl ProjectState {
         out
     }
 
+    /// Whether batch `seq` has been received.
+    pub fn has_batch(&self, seq: u32) -> bool {
+        self.batches.contains_key(&seq)
+    }
+
     /// The signed batches, by sequence number.
     pub fn batches(&self) -> impl Iterator<Item = &Signed<Batch>> {
         self.batches.values()

@@ -76,12 +76,16 @@ pub fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<ExitCode> {
         let started = tokio::time::Instant::now();
         let snapshot = loop {
             let _ = session.client().sync_records(project).await;
-            if let Some(mut snap) = session.compute.snapshot(project).await {
-                let units = snap.state.unit_count() as u64;
-                bar.set_length(units);
-                bar.set_position(snap.state.validated().len() as u64);
-                let complete = snap.state.is_complete();
-                if complete || (!args.wait && started.elapsed() >= gather) {
+            // Poll the cheap progress; copy the state only to finish.
+            if let Some(p) = session.compute.progress(project) {
+                bar.set_length(p.units as u64);
+                bar.set_position(p.validated as u64);
+                let looks_complete = p.units > 0 && p.validated == p.units;
+                let gathered = !args.wait && started.elapsed() >= gather;
+                if (looks_complete || gathered)
+                    && let Some(mut snap) = session.compute.snapshot(project).await
+                    && (gathered || snap.state.is_complete())
+                {
                     break Some(snap);
                 }
             } else if !args.wait && started.elapsed() >= gather {

@@ -17,6 +17,7 @@ use formic_protocol::messages::{
     Announce, Batch, Data, Gossip, MAX_INLINE_BYTES, ProjectId, ProjectManifest, Reveal, UnitRef,
 };
 use formic_protocol::project::{ProjectState, WorkOrder};
+use formic_protocol::validation::Verdict;
 use formic_protocol::{Signed, SignerKey};
 use formic_work_units::{App, ENGINE_VERSION, Sandbox, SandboxLimits};
 use libp2p::identity::Keypair;
@@ -153,6 +154,18 @@ impl ComputeHandle {
     /// The latest status (updated every tick).
     pub fn status(&self) -> watch::Receiver<ComputeStatus> {
         self.status.clone()
+    }
+
+    /// The latest progress of `project`, once it is loaded: cheap, unlike a
+    /// [`snapshot`](Self::snapshot), which copies the whole project state.
+    pub fn progress(&self, project: ProjectId) -> Option<ProjectProgress> {
+        let id = project.to_string();
+        self.status
+            .borrow()
+            .projects
+            .iter()
+            .find(|p| p.project == id)
+            .cloned()
     }
 
     /// Stops the task (running units finish in the background and are
@@ -319,11 +332,7 @@ impl Worker {
             let Ok(announce) = a.verify() else { return };
             let interested = self.config.follow_all || self.wanted.contains(&project);
             if let Some(f) = self.projects.get(&project) {
-                let known = f
-                    .state
-                    .batches()
-                    .any(|b| b.verify().is_ok_and(|b| b.seq == announce.batch_seq));
-                if !known {
+                if !f.state.has_batch(announce.batch_seq) {
                     self.start_load(announce);
                 }
             } else if interested && !self.loading.contains(&project) {
@@ -609,17 +618,26 @@ impl Worker {
         let me = self.me;
         let mut projects = Vec::new();
         for (id, f) in self.projects.iter_mut() {
-            let validated = f.state.validated();
-            let credit_fuel = validated
-                .iter()
-                .filter(|v| v.workers.contains(&me))
-                .filter_map(|v| f.fuel_by_unit.get(&v.index))
-                .sum();
+            // Counted from the cached verdicts: this runs every tick and must
+            // not copy outputs. A validated unit with no agreeing worker (a
+            // spot check nobody answered) has no result to collect.
+            let mut validated = 0;
+            let mut credit_fuel = 0;
+            for (unit, verdict) in &f.state.outcome().verdicts {
+                if let Verdict::Validated { workers, .. } = verdict
+                    && !workers.is_empty()
+                {
+                    validated += 1;
+                    if workers.contains(&me) {
+                        credit_fuel += f.fuel_by_unit.get(&unit.index).copied().unwrap_or(0);
+                    }
+                }
+            }
             projects.push(ProjectProgress {
                 project: id.to_string(),
                 name: f.state.manifest().name.clone(),
                 units: f.state.unit_count(),
-                validated: validated.len(),
+                validated,
                 running: f.busy.len(),
                 computed_here: f.computed_here,
                 credit_fuel,
