@@ -226,8 +226,12 @@ pub async fn run(
             }
         }
         if Instant::now() >= deadline {
+            let waiting = match collector.compute.snapshot(project_id).await {
+                Some(mut snap) => pending_summary(&mut snap.state),
+                None => "the researcher never loaded the project".to_string(),
+            };
             return Err(DemoError::Timeout(format!(
-                "not every unit was validated within {:?}",
+                "not every unit was validated within {:?} ({waiting})",
                 config.timeout
             )));
         }
@@ -305,4 +309,46 @@ pub async fn run(
         wall_time: started.elapsed(),
         state,
     })
+}
+
+/// What the units still pending wait for, as the researcher sees them: the
+/// first thing to look at when a run does not finish.
+fn pending_summary(state: &mut ProjectState) -> String {
+    use formic_protocol::validation::{Need, Verdict};
+    use std::collections::BTreeMap;
+    let units = state.unit_count();
+    let outcome = state.outcome();
+    let mut by_need: BTreeMap<String, (usize, Vec<u64>)> = BTreeMap::new();
+    let mut validated = 0;
+    for (unit, verdict) in &outcome.verdicts {
+        match verdict {
+            Verdict::Validated { .. } => validated += 1,
+            Verdict::Pending { need, have } => {
+                let what = match need {
+                    Need::MoreReplicas => "waiting for more replicas",
+                    Need::VeteranReplica => "waiting for a veteran's replica",
+                    // Both sides keep their standing: only more independent
+                    // workers (or a spot check) can settle it.
+                    Need::DisputeReplicas => "disputed",
+                };
+                let e = by_need
+                    .entry(format!("{what} with {have} result(s)"))
+                    .or_default();
+                e.0 += 1;
+                if e.1.len() < 5 {
+                    e.1.push(unit.index);
+                }
+            }
+        }
+    }
+    let judged = outcome.verdicts.len();
+    let mut parts = vec![format!(
+        "{validated}/{units} validated, {} with no result yet, {} faulty workers",
+        units.saturating_sub(judged),
+        outcome.faulty.len()
+    )];
+    for (need, (n, examples)) in by_need {
+        parts.push(format!("{n} {need} (e.g. units {examples:?})"));
+    }
+    parts.join("; ")
 }
