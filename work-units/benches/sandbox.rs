@@ -129,25 +129,26 @@ fn main() {
 
     let variants = [
         Variant {
-            name: "fuel+epochs+nan-canon (production)",
+            name: "fuel + NaN canon (production)",
             tuning: EngineTuning::default(),
         },
         Variant {
-            name: "fuel on, epochs off, nan-canon",
+            name: "fuel + epoch checks + NaN canon (before #3)",
             tuning: EngineTuning {
-                epochs: false,
+                epochs: true,
                 ..EngineTuning::default()
             },
         },
         Variant {
-            name: "fuel off, epochs on, nan-canon",
+            name: "fuel off, epoch checks, NaN canon",
             tuning: EngineTuning {
                 fuel: false,
-                ..EngineTuning::default()
+                epochs: true,
+                nan_canonicalization: true,
             },
         },
         Variant {
-            name: "fuel off, epochs off, nan-canon",
+            name: "fuel off, NaN canon",
             tuning: EngineTuning {
                 fuel: false,
                 epochs: false,
@@ -155,7 +156,7 @@ fn main() {
             },
         },
         Variant {
-            name: "fuel off, epochs off, no nan-canon",
+            name: "fuel off, no NaN canon",
             tuning: EngineTuning {
                 fuel: false,
                 epochs: false,

@@ -1,13 +1,14 @@
 //! [`UnitControl`]: pause, resume, cancel and watch a running unit from
 //! another thread.
 //!
-//! The running store checks the control on every epoch tick (about every
-//! 10 ms, see [`crate::Sandbox`]). Pausing blocks the unit's thread inside
-//! that check, so the guest's state — memory, stack, fuel — stays exactly
-//! where it was and resumes without losing progress; the time spent paused
-//! is not counted toward the wall-clock limit.
+//! The running unit checks the control every [`crate::FUEL_YIELD_INTERVAL`]
+//! units of fuel (well under a millisecond for typical guest code) and
+//! whenever a host call returns (see `driver.rs`). Pausing blocks the unit's
+//! thread inside that check, so the guest's state — memory, stack, fuel —
+//! stays exactly where it was and resumes without losing progress; the time
+//! spent paused is not counted toward the wall-clock limit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     changed: Condvar,
+    /// `paused || cancelled`, readable without the lock: the unit checks
+    /// it on every host-call return, so the common case must be one load.
+    attention: AtomicBool,
     fuel_used: AtomicU64,
 }
 
@@ -33,7 +37,7 @@ pub struct UnitControl {
     inner: Arc<Inner>,
 }
 
-/// What the epoch callback should do after a control check.
+/// What the running unit should do after a control check.
 pub(crate) enum Check {
     Continue { paused_for: Duration },
     Cancelled,
@@ -52,23 +56,32 @@ impl UnitControl {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the unit to stop at its next epoch check (within ~10 ms) and wait.
-    pub fn pause(&self) {
-        self.lock().paused = true;
+    /// Updates the state under the lock, keeping `attention` in step.
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.lock();
+        f(&mut state);
+        self.inner
+            .attention
+            .store(state.paused || state.cancelled, Ordering::Release);
+        drop(state);
         self.inner.changed.notify_all();
+    }
+
+    /// Asks the unit to stop at its next check (normally within a
+    /// millisecond) and wait.
+    pub fn pause(&self) {
+        self.update(|s| s.paused = true);
     }
 
     /// Lets a paused unit continue where it stopped.
     pub fn resume(&self) {
-        self.lock().paused = false;
-        self.inner.changed.notify_all();
+        self.update(|s| s.paused = false);
     }
 
-    /// Ends the unit with [`crate::UnitError::Cancelled`] at its next epoch
-    /// check, paused or not.
+    /// Ends the unit with [`crate::UnitError::Cancelled`] at its next check,
+    /// paused or not.
     pub fn cancel(&self) {
-        self.lock().cancelled = true;
-        self.inner.changed.notify_all();
+        self.update(|s| s.cancelled = true);
     }
 
     pub fn is_paused(&self) -> bool {
@@ -104,18 +117,32 @@ impl UnitControl {
         true
     }
 
-    /// Fuel the `_start` call has used so far, updated on every epoch tick
-    /// and at the end of the run.
+    /// Fuel the `_start` call has used so far: while it runs, a lower bound
+    /// updated at every check (at least every
+    /// [`crate::FUEL_YIELD_INTERVAL`] fuel), never decreasing; at the end
+    /// of the run, the exact figure.
     pub fn fuel_used(&self) -> u64 {
         self.inner.fuel_used.load(Ordering::Relaxed)
     }
 
+    /// Publishes progress while running; keeps the largest figure seen, as
+    /// the executor and the call hook report separately.
+    pub(crate) fn note_fuel_used(&self, fuel: u64) {
+        self.inner.fuel_used.fetch_max(fuel, Ordering::Relaxed);
+    }
+
+    /// Publishes the exact figure at the end of the run.
     pub(crate) fn set_fuel_used(&self, fuel: u64) {
         self.inner.fuel_used.store(fuel, Ordering::Relaxed);
     }
 
-    /// Called from the epoch callback: blocks while paused, reports cancel.
+    /// Called by the running unit: blocks while paused, reports cancel.
     pub(crate) fn check(&self) -> Check {
+        if !self.inner.attention.load(Ordering::Acquire) {
+            return Check::Continue {
+                paused_for: Duration::ZERO,
+            };
+        }
         let mut state = self.lock();
         if state.cancelled {
             return Check::Cancelled;

@@ -140,16 +140,25 @@ pub(crate) struct UnitState {
     pub(crate) stdout_cap: u64,
     pub(crate) stdout_overflow: bool,
     pub(crate) stderr: Vec<u8>,
-    /// Set by the epoch callback when it ends the unit, so the caller can
-    /// tell a limit from a guest trap.
+    /// Set by the call hook when it ends the unit, so the caller can tell a
+    /// limit from a guest trap.
     pub(crate) stop: Option<StopReason>,
 }
 
-/// Why the epoch callback stopped a unit.
+/// Why the host stopped a unit (at a fuel yield or after a host call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopReason {
     Timeout,
     Cancelled,
+}
+
+impl StopReason {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            StopReason::Timeout => "wall-clock limit exceeded",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Marker error raised inside the guest when a host-enforced limit ends it;
@@ -172,9 +181,13 @@ pub(crate) fn random_stream(seed: &[u8; 32]) -> blake3::OutputReader {
     hasher.finalize_xof()
 }
 
-/// Adds WASI preview 1 and the shadowed functions to `linker`.
+/// Adds WASI preview 1 and the shadowed functions to `linker`. The
+/// `wasmtime-wasi` functions are its async versions: units run through
+/// wasmtime's async entry points (see `driver.rs`), and the sync versions
+/// would block on a Tokio runtime of their own inside every call. The
+/// shadowed functions are plain sync functions, which async calls allow.
 pub(crate) fn add_to_linker(linker: &mut Linker<UnitState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut UnitState| &mut s.wasi)?;
+    wasmtime_wasi::p1::add_to_linker_async(linker, |s: &mut UnitState| &mut s.wasi)?;
     linker.allow_shadowing(true);
     linker.func_wrap(MODULE, "fd_write", fd_write)?;
     linker.func_wrap(MODULE, "random_get", random_get)?;

@@ -19,20 +19,20 @@
 pub mod apps;
 mod cache;
 mod control;
+mod driver;
 mod error;
 mod host;
 pub mod limits;
 mod sandbox;
 
 pub use control::UnitControl;
+pub use driver::FUEL_YIELD_INTERVAL;
 pub use error::{CompileError, UnitError};
 pub use host::{FIXED_MONOTONIC_NANOS, FIXED_WALL_CLOCK_SECS, RANDOM_CONTEXT, STDERR_CAP};
 pub use limits::{ParseError, SandboxLimits, parse_duration, parse_fuel, parse_size};
 #[doc(hidden)]
 pub use sandbox::EngineTuning;
-pub use sandbox::{
-    App, EPOCH_TICK, MAX_WASM_STACK, Sandbox, SandboxConfig, SandboxError, UnitOutcome,
-};
+pub use sandbox::{App, MAX_WASM_STACK, Sandbox, SandboxConfig, SandboxError, UnitOutcome};
 
 /// The engine that produced every fuel figure and compiled artifact. Fuel
 /// is comparable only between hosts reporting the same version, so results

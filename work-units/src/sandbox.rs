@@ -11,11 +11,15 @@
 //!   model: off. Threads are nondeterministic; the rest is not needed by
 //!   WASI preview 1 commands and only widens the attack surface.
 //! * Fuel: the work measure. Counted for the `_start` call only, because
-//!   fuel spent instantiating differs between platforms.
-//! * Epoch interruption: a shared ticker thread bumps the epoch every
-//!   [`EPOCH_TICK`]; each tick lets the store check its wall-clock limit,
-//!   cancellation and pause, and publish progress. Epochs never change what
-//!   the guest computes or the fuel it uses.
+//!   fuel spent instantiating differs between platforms. It is also what
+//!   interrupts a unit: the store yields every [`FUEL_YIELD_INTERVAL`]
+//!   fuel, and at each yield (and after each host call) the unit's
+//!   wall-clock limit, cancellation and pause are checked and progress is
+//!   published (see `driver.rs`). Yields never change what the guest
+//!   computes or the fuel it uses.
+//! * No epoch interruption: its check at every loop header cost as much as
+//!   the fuel check on tight loops (README, "Benchmark"), and the fuel
+//!   check already gives a place to stop.
 //! * `max_wasm_stack`: bounded guest stack; overflow is a trap, and a trap
 //!   is never a comparable result (depth differs between hosts).
 
@@ -23,32 +27,28 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, OptLevel, Store, StoreContextMut,
-    StoreLimitsBuilder, Strategy, Trap, UpdateDeadline,
+    CallHook, Config, Engine, InstancePre, Linker, Module, OptLevel, Store, StoreLimitsBuilder,
+    Strategy, Trap,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 use crate::cache::ModuleCache;
-use crate::control::{Check, UnitControl};
+use crate::control::UnitControl;
+use crate::driver::{FUEL_YIELD_INTERVAL, Watch, block_on};
 use crate::error::{CompileError, UnitError};
 use crate::host::{
     self, FixedMonotonicClock, FixedWallClock, HostStop, Limiter, StopReason, UnitState,
 };
 use crate::limits::SandboxLimits;
 
-/// How often the shared ticker advances the engine epoch. Bounds how late a
-/// pause, cancel or wall-clock limit takes effect.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Guest stack limit. Well under the 2 MiB default stack of a spawned Rust
-/// thread, so a unit can run on any worker thread.
+/// Guest stack limit. Units run on a wasmtime fiber stack (wasmtime's
+/// default `async_stack_size`, 2 MiB), not on the calling thread's stack,
+/// so this leaves about 1.5 MiB of it for host functions.
 pub const MAX_WASM_STACK: usize = 512 * 1024;
 
 /// Largest number of table elements a unit may have.
@@ -69,7 +69,12 @@ pub struct SandboxConfig {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct EngineTuning {
+    /// Fuel metering. Off, nothing interrupts pure guest code: no pause,
+    /// cancel or wall-clock limit between host calls.
     pub fuel: bool,
+    /// Compiles in the epoch checks the sandbox used before it stopped
+    /// units through fuel yields, with a deadline never reached, so their
+    /// cost can still be measured. Off in production.
     pub epochs: bool,
     pub nan_canonicalization: bool,
 }
@@ -78,7 +83,7 @@ impl Default for EngineTuning {
     fn default() -> Self {
         EngineTuning {
             fuel: true,
-            epochs: true,
+            epochs: false,
             nan_canonicalization: true,
         }
     }
@@ -89,8 +94,6 @@ impl Default for EngineTuning {
 pub enum SandboxError {
     #[error("cannot create the wasm engine: {reason}")]
     Engine { reason: String },
-    #[error("cannot start the epoch ticker thread: {reason}")]
-    Ticker { reason: String },
 }
 
 /// A compiled, import-checked app, ready to run any number of units.
@@ -145,8 +148,6 @@ pub struct Sandbox {
     allowed_imports: HashSet<String>,
     cache: Option<ModuleCache>,
     tuning: EngineTuning,
-    ticker_stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
 }
 
 fn engine_config(tuning: EngineTuning) -> Config {
@@ -242,26 +243,6 @@ impl Sandbox {
             .map(|(_, name, _)| name.to_owned())
             .collect();
         drop(scratch);
-
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let ticker = if tuning.epochs {
-            let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            let handle = std::thread::Builder::new()
-                .name("formic-epoch-ticker".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| SandboxError::Ticker {
-                    reason: e.to_string(),
-                })?;
-            Some(handle)
-        } else {
-            None
-        };
         let cache = config.cache_dir.map(|dir| ModuleCache::new(dir, &engine));
         Ok(Sandbox {
             engine,
@@ -269,8 +250,6 @@ impl Sandbox {
             allowed_imports,
             cache,
             tuning,
-            ticker_stop,
-            ticker,
         })
     }
 
@@ -377,54 +356,49 @@ impl Sandbox {
         limits: &SandboxLimits,
         control: Option<&UnitControl>,
     ) -> Result<UnitOutcome, UnitError> {
-        let started = Instant::now();
         let budget = limits.fuel;
-        if self.tuning.fuel {
+        let fuel_on = self.tuning.fuel;
+        // The wall clock starts now: instantiation counts toward the limit.
+        let watch = Arc::new(Watch::new(control.cloned(), limits.wall_clock));
+        {
+            // Fuel bounds the guest's own code, not the time spent inside a
+            // single host call (a `random_get` of the whole memory costs one
+            // call), so check again whenever a host call returns. The exact
+            // fuel figure is readable here, unlike at a fuel yield.
+            let watch = Arc::clone(&watch);
+            store.call_hook(move |mut ctx, hook| {
+                if !matches!(hook, CallHook::ReturningFromHost) {
+                    return Ok(());
+                }
+                if fuel_on
+                    && watch.counting()
+                    && let Ok(left) = ctx.get_fuel()
+                {
+                    watch.report_progress(budget.saturating_sub(left));
+                }
+                watch.check().map_err(|reason| {
+                    ctx.data_mut().stop = Some(reason);
+                    wasmtime::Error::new(HostStop(reason.message()))
+                })
+            });
+        }
+        if fuel_on {
+            store
+                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
+                .map_err(|e| UnitError::InvalidModule {
+                    reason: format!("cannot set the fuel yield interval: {e}"),
+                })?;
             // Instantiation (a `start` function, data segments) is bounded by
             // the same budget but not counted; `_start` gets a fresh budget.
             self.set_fuel(store, budget)?;
         }
-        // Shared between the epoch callback and this function: when the
-        // `_start` call began, so progress excludes instantiation.
-        let counting = Arc::new(AtomicBool::new(false));
-        // Total time spent paused, in nanoseconds, published by the callback.
-        let paused_total = Arc::new(AtomicU64::new(0));
         if self.tuning.epochs {
-            store.set_epoch_deadline(1);
-            let control = control.cloned();
-            let wall_limit = limits.wall_clock;
-            let counting = counting.clone();
-            let paused_total = paused_total.clone();
-            let fuel_on = self.tuning.fuel;
-            let mut paused = Duration::ZERO;
-            store.epoch_deadline_callback(move |mut ctx: StoreContextMut<'_, UnitState>| {
-                if started.elapsed().saturating_sub(paused) > wall_limit {
-                    ctx.data_mut().stop = Some(StopReason::Timeout);
-                    return Err(wasmtime::Error::new(HostStop("wall-clock limit exceeded")));
-                }
-                if let Some(control) = &control {
-                    if fuel_on && counting.load(Ordering::Relaxed) {
-                        let left = ctx.get_fuel().unwrap_or(budget);
-                        control.set_fuel_used(budget.saturating_sub(left));
-                    }
-                    match control.check() {
-                        Check::Continue { paused_for } => {
-                            paused += paused_for;
-                            let nanos = u64::try_from(paused.as_nanos()).unwrap_or(u64::MAX);
-                            paused_total.store(nanos, Ordering::Relaxed);
-                        }
-                        Check::Cancelled => {
-                            ctx.data_mut().stop = Some(StopReason::Cancelled);
-                            return Err(wasmtime::Error::new(HostStop("cancelled")));
-                        }
-                    }
-                }
-                Ok(UpdateDeadline::Continue(1))
-            });
+            // Measurement only: the checks run, the deadline is never met
+            // (nothing increments the epoch).
+            store.set_epoch_deadline(u64::MAX / 2);
         }
-        let instance = app
-            .pre
-            .instantiate(&mut *store)
+        let instance = block_on(app.pre.instantiate_async(&mut *store), &watch, None)
+            .map_err(|reason| stop_error(reason, limits))?
             .map_err(|e| classify(e, store.data(), limits, Phase::Instantiate))?;
         let start = instance
             .get_func(&mut *store, "_start")
@@ -435,14 +409,20 @@ impl Sandbox {
             .map_err(|e| UnitError::InvalidModule {
                 reason: format!("_start has the wrong type: {e}"),
             })?;
-        if self.tuning.fuel {
+        if fuel_on {
             self.set_fuel(store, budget)?;
         }
-        counting.store(true, Ordering::Relaxed);
+        watch.start_counting();
+        let paused_before = watch.paused();
         let run_started = Instant::now();
-        let result = start.call(&mut *store, ());
+        let progress_per_yield = fuel_on.then_some(FUEL_YIELD_INTERVAL);
+        let result = block_on(
+            start.call_async(&mut *store, ()),
+            &watch,
+            progress_per_yield,
+        );
         let run_time = run_started.elapsed();
-        let fuel_used = if self.tuning.fuel {
+        let fuel_used = if fuel_on {
             budget.saturating_sub(store.get_fuel().unwrap_or(0))
         } else {
             0
@@ -450,6 +430,7 @@ impl Sandbox {
         if let Some(control) = control {
             control.set_fuel_used(fuel_used);
         }
+        let result = result.map_err(|reason| stop_error(reason, limits))?;
         if let Err(e) = result {
             let exited_ok = e
                 .downcast_ref::<wasmtime_wasi::I32Exit>()
@@ -458,7 +439,7 @@ impl Sandbox {
                 return Err(classify(e, store.data(), limits, Phase::Run));
             }
         }
-        let paused = Duration::from_nanos(paused_total.load(Ordering::Relaxed));
+        let paused = watch.paused().saturating_sub(paused_before);
         let state = store.data_mut();
         Ok(UnitOutcome {
             output: std::mem::take(&mut state.stdout),
@@ -481,23 +462,27 @@ enum Phase {
     Run,
 }
 
+/// The unit error for a unit the host stopped.
+fn stop_error(reason: StopReason, limits: &SandboxLimits) -> UnitError {
+    match reason {
+        StopReason::Timeout => UnitError::Timeout {
+            limit: limits.wall_clock,
+        },
+        StopReason::Cancelled => UnitError::Cancelled,
+    }
+}
+
 /// Turns a wasmtime error into the unit error naming its cause. Host-side
-/// records (why the epoch callback stopped, which limit the limiter or the
-/// stdout writer hit) take precedence over the trap they caused.
+/// records (why the call hook stopped the unit, which limit the limiter or
+/// the stdout writer hit) take precedence over the trap they caused.
 fn classify(
     e: wasmtime::Error,
     state: &UnitState,
     limits: &SandboxLimits,
     phase: Phase,
 ) -> UnitError {
-    match state.stop {
-        Some(StopReason::Timeout) => {
-            return UnitError::Timeout {
-                limit: limits.wall_clock,
-            };
-        }
-        Some(StopReason::Cancelled) => return UnitError::Cancelled,
-        None => {}
+    if let Some(reason) = state.stop {
+        return stop_error(reason, limits);
     }
     if state.stdout_overflow {
         return UnitError::OutputTooLarge {
@@ -525,16 +510,5 @@ fn classify(
         None => UnitError::Trap {
             message: format!("{e:#}"),
         },
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.ticker.take() {
-            // The ticker only sleeps and bumps a counter; it cannot panic in
-            // a way worth propagating from a destructor.
-            let _ = handle.join();
-        }
     }
 }

@@ -73,7 +73,7 @@ fn paused_time_does_not_count_toward_the_wall_clock() {
         ..SandboxLimits::default()
     };
     let control = UnitControl::new();
-    control.pause(); // parks at the first epoch tick
+    control.pause(); // parks at the first check (fuel yield or host call)
     let runner = {
         let (sandbox, app, control) = (sandbox.clone(), app.clone(), control.clone());
         thread::spawn(move || sandbox.run(&app, &input, [0; 32], &limits, Some(&control)))
@@ -119,4 +119,47 @@ fn cancel_while_paused_and_while_running() {
         assert_eq!(runner.join().expect("runner"), Err(UnitError::Cancelled));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
+}
+
+#[test]
+fn progress_advances_while_the_guest_makes_no_host_calls() {
+    // Primes makes host calls only to read its input and write its count;
+    // everything between is one long host-call-free loop, so progress must
+    // come from the fuel yields.
+    let sandbox = Arc::new(sandbox());
+    let app = compile(&sandbox, apps::PRIMES_WAT);
+    let control = UnitControl::new();
+    let runner = {
+        let (sandbox, app, control) = (sandbox.clone(), app.clone(), control.clone());
+        thread::spawn(move || {
+            sandbox.run(
+                &app,
+                &long_input(),
+                [0; 32],
+                &SandboxLimits::default(),
+                Some(&control),
+            )
+        })
+    };
+    let mut seen = Vec::new();
+    while !runner.is_finished() {
+        seen.push(control.fuel_used());
+        thread::sleep(Duration::from_millis(1));
+    }
+    let out = runner.join().expect("runner").expect("run");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards"
+    );
+    let mut mid_run: Vec<u64> = seen
+        .into_iter()
+        .filter(|&f| f > 0 && f < out.fuel_used)
+        .collect();
+    mid_run.dedup();
+    assert!(
+        mid_run.len() >= 3,
+        "fuel_used took only {mid_run:?} before the end (total {})",
+        out.fuel_used
+    );
+    assert_eq!(control.fuel_used(), out.fuel_used);
 }

@@ -61,6 +61,37 @@ fn infinite_loop_with_huge_fuel_hits_wall_clock() {
 }
 
 #[test]
+fn slow_host_calls_still_hit_wall_clock() {
+    // Each `random_get` fills 15 MiB (milliseconds of host work) for a few
+    // units of fuel, so fuel yields alone would come far too late; the
+    // check after every host call must stop it.
+    let limits = SandboxLimits {
+        fuel: u64::MAX / 2,
+        wall_clock: Duration::from_millis(300),
+        ..small_limits()
+    };
+    let wat = r#"
+(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (memory (export "memory") 240)
+  (func (export "_start")
+    (loop $l
+      (drop (call $random_get (i32.const 0) (i32.const 15728640)))
+      (br $l))))
+"#;
+    let t = Instant::now();
+    let err = run_wat(wat, b"", &limits).expect_err("must not finish");
+    assert_eq!(
+        err,
+        UnitError::Timeout {
+            limit: Duration::from_millis(300)
+        }
+    );
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
 fn infinite_loop_in_start_section_is_bounded() {
     let limits = SandboxLimits {
         fuel: 1_000_000,
