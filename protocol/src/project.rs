@@ -403,7 +403,9 @@ impl ProjectState {
         self.outcome.get_or_insert_with(Outcome::default)
     }
 
-    /// Whether every unit received so far is validated.
+    /// Whether every unit received so far is validated with an output to
+    /// collect (a spot check validated by its known answer alone has none
+    /// until an agreeing worker reveals it).
     pub fn is_complete(&mut self) -> bool {
         let id = self.id;
         let indices: Vec<u64> = self.specs.keys().copied().collect();
@@ -416,7 +418,9 @@ impl ProjectState {
                         project: id,
                         index: *i,
                     })
-                    .is_some_and(|v| v.is_validated())
+                    .is_some_and(
+                        |v| matches!(v, Verdict::Validated { workers, .. } if !workers.is_empty()),
+                    )
             })
     }
 
@@ -443,6 +447,9 @@ impl ProjectState {
             index,
         }) {
             None => quorum,
+            // A spot check settled by its known answer before any worker
+            // agreed with it: one honest replica supplies the output.
+            Some(Verdict::Validated { workers, .. }) if workers.is_empty() => 1,
             Some(Verdict::Validated { .. }) => 0,
             Some(Verdict::Pending {
                 need: Need::MoreReplicas,
@@ -545,6 +552,39 @@ impl ProjectState {
             }
         }
         fresh
+    }
+
+    /// The units `me` left unfinished: committed to but not revealed
+    /// (always: the commit is public and only its reveal completes the
+    /// result), or claimed with a lease still running at `now_ms` and not
+    /// committed. After a restart these are the units to re-run; execution
+    /// is deterministic, so a re-run yields the same result and seal.
+    pub fn unfinished_by(&self, me: &SignerKey, now_ms: u64) -> Vec<WorkOrder> {
+        let mut out = Vec::new();
+        for (index, r) in &self.units {
+            if r.reveals.contains_key(me) {
+                continue;
+            }
+            let committed = r.commits.contains_key(me);
+            let live_claim = r.claim_expiry.get(me).is_some_and(|exp| *exp > now_ms);
+            if !(committed || live_claim) {
+                continue;
+            }
+            let Some((_, spec)) = self.specs.get(index) else {
+                continue;
+            };
+            let unit = UnitRef {
+                project: self.id,
+                index: *index,
+            };
+            out.push(WorkOrder {
+                unit,
+                input: spec.input.clone(),
+                audit: false,
+                seed: assignment::unit_seed(&unit),
+            });
+        }
+        out
     }
 
     /// A signed claim on `order`'s unit for one lease, to apply and gossip.

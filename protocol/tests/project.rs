@@ -190,6 +190,61 @@ fn a_saboteur_is_outvoted_proven_faulty_and_never_accepted() {
 }
 
 #[test]
+fn revealed_spot_checks_settle_a_colluding_pair_and_unanswered_checks_get_a_replica() {
+    // Four honest workers and a colluding pair, every unit open to all six.
+    let (owner, mut workers) = setup(6, &[0, 1], 12, 2, 6);
+    let right = |i: u64| ContentId::of(&compute(&Data::Inline(format!("unit-{i}").into_bytes())));
+    let project = workers[2].manifest.id();
+    let key = |answers: Vec<(u64, ContentId)>| {
+        Gossip::SpotCheckKey(
+            Signed::sign(
+                &owner,
+                &SpotCheckKey {
+                    project,
+                    batch_seq: 0,
+                    answers,
+                },
+            )
+            .expect("sign"),
+        )
+    };
+    // One answer revealed before anyone worked on its unit: validated by the
+    // answer alone, it still draws one replica to supply the output.
+    let early = key(vec![(11, right(11))]);
+    broadcast(&mut workers, &early);
+    assert!(!workers[2].state.is_complete());
+    run(&mut workers, 60);
+    // The rest revealed when collecting, as `formic results` does.
+    let late = key(vec![(3, right(3)), (7, right(7))]);
+    broadcast(&mut workers, &late);
+    run(&mut workers, 20);
+    let bad: Vec<SignerKey> = workers[..2]
+        .iter()
+        .map(|w| SignerKey::of(&w.key).expect("ed25519"))
+        .collect();
+    let state = &mut workers[2].state;
+    assert!(state.is_complete(), "{:?}", state.outcome().verdicts);
+    let validated = state.validated();
+    assert_eq!(validated.len(), 12);
+    for v in validated {
+        assert_eq!(
+            v.result_hash,
+            right(v.index),
+            "unit {} accepted a wrong result",
+            v.index
+        );
+        assert!(
+            !v.workers.is_empty(),
+            "unit {} has an output to collect",
+            v.index
+        );
+    }
+    for b in &bad {
+        assert!(state.outcome().faulty.contains_key(b), "a colluder escaped");
+    }
+}
+
+#[test]
 fn hostile_records_are_rejected_with_a_reason() {
     let (owner, mut workers) = setup(2, &[], 3, 2, 4);
     let other_owner = Keypair::generate_ed25519();

@@ -135,6 +135,48 @@ fn a_failed_spot_check_backtracks_every_unit_the_worker_validated() {
 }
 
 #[test]
+fn a_pair_that_answers_every_unit_together_is_settled_only_by_a_spot_check() {
+    // The shape that stalled a six-peer network: four honest workers and a
+    // colluding pair answered every unit. 4 against 2 is short of the
+    // dispute margin, and neither colluder is ever alone to be outvoted.
+    let mut ev = Evidence::new();
+    for u in 0..10 {
+        for honest in 1..=4 {
+            reveal(&mut ev, honest, u, "right");
+        }
+        reveal(&mut ev, 8, u, "wrong");
+        reveal(&mut ev, 9, u, "wrong");
+    }
+    let out = validate(&ev, &Q2);
+    assert_eq!(out.validated().count(), 0);
+    assert!(out.faulty.is_empty());
+    assert!(out.verdicts.values().all(|v| matches!(
+        v,
+        Verdict::Pending {
+            need: Need::DisputeReplicas,
+            have: 6
+        }
+    )));
+    // One planted answer (unit 4) proves both faulty; every unit settles.
+    ev.add_known_answer(unit(4), res("right"));
+    let out = validate(&ev, &Q2);
+    assert_eq!(out.faulty.len(), 2);
+    assert_eq!(
+        out.faulty.get(&w(8)),
+        Some(&Fault::FailedSpotCheck(unit(4)))
+    );
+    for u in 0..10 {
+        assert_eq!(
+            out.verdicts[&unit(u)],
+            Verdict::Validated {
+                result_hash: res("right"),
+                workers: (1..=4).map(w).collect()
+            }
+        );
+    }
+}
+
+#[test]
 fn new_identities_are_on_probation_until_corroborated() {
     let policy = ValidationPolicy {
         quorum: 1,
