@@ -16,6 +16,7 @@ use crate::computing::Sabotage;
 use crate::network::NodeConfig;
 use crate::owner::{self, PublishOptions};
 use crate::session::{Role, Session};
+use crate::spot_checks;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct DemoConfig {
     pub quorum: u16,
     pub audit_rate_ppm: u32,
     pub timeout: Duration,
+    /// Fraction of units the owner plants as spot checks (0 to 1); the
+    /// researcher reveals them when collecting.
+    pub spot_checks: f64,
     /// Where the researcher writes the results folder, if anywhere.
     pub results_dir: Option<std::path::PathBuf>,
 }
@@ -42,6 +46,7 @@ impl Default for DemoConfig {
             quorum: 2,
             audit_rate_ppm: 0,
             timeout: Duration::from_secs(120),
+            spot_checks: 0.1,
             results_dir: None,
         }
     }
@@ -59,6 +64,8 @@ pub struct DemoReport {
     pub executions: usize,
     /// Workers the evidence proves faulty.
     pub faulty_workers: usize,
+    /// Units with an answer the owner planted and the researcher revealed.
+    pub spot_checks: usize,
     pub publish_time: Duration,
     pub first_validated_after_publish: Option<Duration>,
     /// From the owner starting to publish until the researcher saw every
@@ -91,6 +98,8 @@ pub enum DemoError {
     Timeout(String),
     #[error("writing results: {0}")]
     Results(String),
+    #[error("planting spot checks: {0}")]
+    SpotChecks(String),
 }
 
 fn sabotage_for(i: usize, saboteurs: usize) -> Option<Sabotage> {
@@ -168,6 +177,27 @@ pub async fn run(
         seed,
     )?;
     let project_id = project.id();
+    // The owner computes a secret sample locally before announcing, as
+    // `formic publish --spot-checks` does.
+    let planted = if config.spot_checks > 0.0 {
+        let chosen = spot_checks::choose(config.units, config.spot_checks, &mut rand::rngs::OsRng)
+            .map_err(|e| DemoError::SpotChecks(e.to_string()))?;
+        let (key, built, ins) = (owner_key.clone(), project.clone(), inputs.clone());
+        tokio::task::spawn_blocking(move || {
+            let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
+            spot_checks::plant(&key, &built, &ins, &chosen, &sandbox, &|_, _| {})
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| DemoError::SpotChecks(e.to_string()))?
+        .map_err(DemoError::SpotChecks)?
+    } else {
+        spot_checks::Planted {
+            keys: Vec::new(),
+            answers: 0,
+            failed: 0,
+        }
+    };
     let mut owner_cfg = local("owner");
     owner_cfg.bootstrap = bootstrap.clone();
     let owner_session = Session::start(owner_cfg, Role::observer()).await?;
@@ -199,6 +229,12 @@ pub async fn run(
         .unwrap_or_default();
     let collector = Session::start(collector_cfg, Role::observer()).await?;
     collector.wait_for_peers(1, Duration::from_secs(20)).await;
+    // The researcher collects with the owner's answers in hand (in practice
+    // the owner, collecting from any machine with its data dir), and reveals
+    // them before following, so its own view includes them from the start.
+    spot_checks::reveal(&collector.client(), &planted.keys)
+        .await
+        .map_err(|e| DemoError::SpotChecks(format!("revealing: {e}")))?;
     collector.compute.follow(project_id).await;
     let mut last_sync = Instant::now() - Duration::from_secs(10);
     let (manifest, state, publish_to_complete) = loop {
@@ -303,6 +339,7 @@ pub async fn run(
         wrong_accepted: wrong,
         executions,
         faulty_workers,
+        spot_checks: planted.answers,
         publish_time,
         first_validated_after_publish: first_validated,
         publish_to_complete,

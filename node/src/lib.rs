@@ -22,3 +22,5 @@ pub mod owner;
 pub mod preferences;
 pub mod service;
 pub mod session;
+pub mod spot_checks;
+pub mod state_store;

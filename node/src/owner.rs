@@ -2,13 +2,16 @@
 //! records and blobs, publishing them, and measuring how many peers hold
 //! them so the owner knows when it may go offline.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use formic_protocol::blob_transfer::{BlobRequest, BlobResponse};
 use formic_protocol::messages::{
     Announce, Batch, BlobRef, Data, Gossip, Limits, Policy, ProjectId, ProjectManifest, UnitSpec,
 };
 use formic_protocol::signed::SignError;
 use formic_protocol::{ContentId, Signed};
+use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
 use crate::network::{NetworkClient, Topic};
@@ -116,6 +119,11 @@ pub struct BuiltProject {
 impl BuiltProject {
     pub fn id(&self) -> ProjectId {
         self.manifest.id()
+    }
+
+    /// The app's bytes (the first blob).
+    pub fn app(&self) -> &[u8] {
+        self.blobs.first().map_or(&[], Vec::as_slice)
     }
 
     /// The ids of every blob peers must hold for the project to live on
@@ -237,19 +245,38 @@ pub async fn publish(
     Ok(())
 }
 
-/// How many other peers hold every blob of the project: the minimum over
-/// its blobs of the providers Kademlia knows.
+/// How many other peers hold every blob of the project: those Kademlia
+/// lists as providers, plus connected peers that say they hold it when
+/// asked directly. The direct question matters: a network that has just
+/// formed may have nowhere to keep provider records yet (peers stay in
+/// Kademlia client mode until an external address is confirmed), and the
+/// owner must not wait on the DHT for what its neighbours can simply answer.
 pub async fn replication(client: &NetworkClient, project: &BuiltProject) -> usize {
-    let mut least = usize::MAX;
+    let connected = client.connected_peers().await.unwrap_or_default();
+    let mut holders: Option<HashSet<PeerId>> = None;
     for id in project.blob_ids() {
-        let n = client
-            .find_providers(id)
-            .await
-            .map(|p| p.len())
-            .unwrap_or(0);
-        least = least.min(n);
+        let mut have = client.find_providers(id).await.unwrap_or_default();
+        for peer in &connected {
+            // Only peers still in the running need asking.
+            let candidate = holders.as_ref().is_none_or(|h| h.contains(peer));
+            if candidate
+                && !have.contains(peer)
+                && matches!(
+                    client
+                        .blob_request(*peer, BlobRequest::Manifest { id })
+                        .await,
+                    Ok(BlobResponse::Manifest(_))
+                )
+            {
+                have.insert(*peer);
+            }
+        }
+        holders = Some(match holders {
+            None => have,
+            Some(h) => h.intersection(&have).copied().collect(),
+        });
     }
-    if least == usize::MAX { 0 } else { least }
+    holders.map_or(0, |h| h.len())
 }
 
 #[cfg(test)]

@@ -164,7 +164,8 @@ pub struct Preferences {
     pub allowed_hours: Option<AllowedHours>,
     /// Memory ceiling for one unit, in bytes.
     pub max_memory: u64,
-    /// Disk space the blob store may use, in bytes.
+    /// Disk space the blob store may use, in bytes: beyond it the least
+    /// recently used unpinned blobs are evicted (see [`crate::blob_store`]).
     pub disk_quota: u64,
     /// Data directory; `None` = the platform default (or `--data-dir`).
     pub data_dir: Option<PathBuf>,

@@ -25,6 +25,8 @@ pub struct Role {
     pub idle_priority: bool,
     /// The idle governor's unit set, when a governor runs.
     pub governed: Option<crate::governor::UnitSet>,
+    /// The idle governor's decisions, for the control API's status.
+    pub governor: Option<tokio::sync::watch::Receiver<crate::governor::GovernorSnapshot>>,
 }
 
 impl Role {
@@ -72,6 +74,7 @@ impl Session {
         };
         config.keypair = Some(keypair.clone());
         let cache_dir = config.data_dir.join("wasm-cache");
+        let api_status = config.api_status.clone();
         let mut node = network::start(config).await?;
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(cache_dir),
@@ -101,9 +104,17 @@ impl Session {
                 sabotage: role.sabotage,
                 tick: Duration::from_millis(100),
                 pool,
-                governed: role.governed,
+                governed: role.governed.clone(),
             },
         );
+        // The control API (started with the network) reports these too.
+        api_status.attach_compute(compute.status());
+        if let Some(units) = role.governed {
+            api_status.attach_units(units);
+        }
+        if let Some(governor) = role.governor {
+            api_status.attach_governor(governor);
+        }
         Ok(Self { node, compute })
     }
 

@@ -118,8 +118,7 @@ fn a_corrupt_identity_file_is_a_clear_error_not_a_new_identity() {
 }
 
 #[test]
-fn unlanded_capabilities_exit_2_and_say_so() {
-    // Publishing spot checks has not landed (validation supports them).
+fn a_spot_check_fraction_outside_zero_to_one_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = formic()
         .args([
@@ -128,12 +127,16 @@ fn unlanded_capabilities_exit_2_and_say_so() {
             "--inputs",
             "in",
             "--spot-checks",
-            "0.1",
+            "1.5",
             "--data-dir",
         ])
         .arg(dir.path())
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--spot-checks must be between 0 and 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -8,15 +8,16 @@ use formic_node::collect;
 use formic_node::demo::{self, DemoConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seven_peers_with_a_colluding_pair_validate_sixty_units_correctly() {
+async fn six_peers_with_a_colluding_pair_validate_sixty_units_correctly() {
     let root = tempfile::tempdir().expect("tempdir");
     let out = root.path().join("results");
-    // Seven, not six: a dispute settles when one side leads by the dispute
-    // margin (3), so against a colluding pair it needs five honest workers.
-    // With four, a unit both colluders answered stays disputed until one of
-    // them is caught alone elsewhere, and in an unlucky race they never are.
+    // Six peers, two of them colluders that always agree: a unit both of
+    // them answered is 4 against 2, short of the dispute margin (3), so
+    // counting alone may never settle it. The owner's planted spot checks,
+    // revealed by the researcher, prove the colluders faulty and settle it.
     let config = DemoConfig {
-        peers: 7,
+        peers: 6,
+        spot_checks: 0.1,
         units: 60,
         saboteurs: 2,
         range: 50_000,
@@ -29,6 +30,7 @@ async fn seven_peers_with_a_colluding_pair_validate_sixty_units_correctly() {
     let report = demo::run(root.path(), &config, &|_, _, _| {})
         .await
         .expect("the demo completes");
+    assert_eq!(report.spot_checks, 6, "10% of the units planted");
     assert_eq!(report.validated, 60, "every unit validated");
     assert_eq!(
         report.wrong_accepted, 0,

@@ -1,6 +1,8 @@
 //! The local control API: address and 0600 token files in the data dir,
 //! 401 without the token, the status JSON with the fields `formic status`
-//! prints, and a clear "no node is running" once the node stopped.
+//! prints, and a clear "no node is running" once the node stopped. The
+//! governor, running-unit and credit parts of the status are tested on a
+//! computing volunteer in node/tests/governed_compute.rs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +46,7 @@ async fn status_api_requires_token_and_reports_the_node() -> anyhow::Result<()> 
         async move {
             tokio::task::spawn_blocking(move || client::status(&dir))
                 .await
-                .is_ok_and(|s| s.is_ok_and(|s| s.peers.contains(&peer_id)))
+                .is_ok_and(|s| s.is_ok_and(|s| s.network.peers.contains(&peer_id)))
         }
     })
     .await?;
@@ -67,6 +69,11 @@ async fn status_api_requires_token_and_reports_the_node() -> anyhow::Result<()> 
     for field in ["routing_table_size", "topics", "blob_store"] {
         assert!(!json[field].is_null(), "missing {field}");
     }
+    // A bare network node runs no governor and no computing layer: those
+    // keys are absent, not empty, and no unit runs
+    // (node/tests/governed_compute.rs checks them on a volunteer).
+    assert!(json["governor"].is_null() && json["compute"].is_null());
+    assert_eq!(json["running_units"], serde_json::json!([]));
 
     node.shutdown().await?;
     peer.shutdown().await?;

@@ -99,7 +99,8 @@ async fn five_nodes_discover_each_other_and_gossip_reaches_all() -> anyhow::Resu
 }
 
 /// Without `kad_server`, Kademlia stays a client until AutoNAT v2 confirms
-/// an external address (here: a loopback address another peer dialed back).
+/// an external address (here: a loopback address another peer dialed back)
+/// or a peer dials it directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kademlia_is_a_client_until_an_address_is_confirmed() -> anyhow::Result<()> {
     init_tracing();
@@ -110,8 +111,10 @@ async fn kademlia_is_a_client_until_an_address_is_confirmed() -> anyhow::Result<
     let mut config = test_config(dirs[1].path(), boot.dial_addrs());
     config.kad_server = false;
     let node = formic_node::network::start(config).await?;
-    let helper = start_node(dirs[2].path(), boot.dial_addrs()).await?;
+    // Checked before a second peer exists: one that dials this node in
+    // would make it serve at once (see the test below).
     assert_eq!(node.client().status().await?.kad_mode, "client");
+    let helper = start_node(dirs[2].path(), boot.dial_addrs()).await?;
 
     // AutoNAT v2 probes every 5 s by default.
     wait_until(
@@ -128,6 +131,65 @@ async fn kademlia_is_a_client_until_an_address_is_confirmed() -> anyhow::Result<
     )
     .await?;
     for n in [boot, node, helper] {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// The way `formic node` runs by default: nobody is told to serve the DHT.
+/// The first node, which everyone else dials, starts serving as soon as a
+/// peer reaches it, so the others find each other and each other's blobs
+/// through it. (It used to stay a client until AutoNAT confirmed it, which
+/// on a fresh network could be never: every peer then knew only the first
+/// node and no provider was ever found.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_in_automatic_mode_form_a_dht_through_their_first_node() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let auto = |dir: &std::path::Path, bootstrap| {
+        let mut config = test_config(dir, bootstrap);
+        config.kad_server = false;
+        formic_node::network::start(config)
+    };
+    let first = auto(dirs[0].path(), vec![]).await?;
+    let mut nodes = vec![first];
+    for dir in dirs.iter().skip(1) {
+        let boot = nodes[0].dial_addrs();
+        nodes.push(auto(dir.path(), boot).await?);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the first node serves and every routing table holds the others",
+        || {
+            let refs: Vec<&formic_node::network::RunningNode> = nodes.iter().collect();
+            let first = nodes[0].client();
+            async move {
+                first.status().await.is_ok_and(|s| s.kad_mode == "server")
+                    && all_know_each_other(&refs).await
+            }
+        },
+    )
+    .await?;
+
+    // A blob stored on the last node is found as provided by another.
+    let blob = nodes[3].client().put_blob(test_bytes(4096, 7)).await?;
+    let holder = nodes[3].peer_id();
+    wait_until(
+        Duration::from_secs(10),
+        "the blob's provider is found through the DHT",
+        || {
+            let c = nodes[1].client();
+            async move {
+                c.find_providers(blob.id)
+                    .await
+                    .is_ok_and(|p| p.contains(&holder))
+            }
+        },
+    )
+    .await?;
+    for n in nodes {
         n.shutdown().await?;
     }
     Ok(())

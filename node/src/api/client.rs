@@ -9,8 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{API_ADDR_FILE, API_TOKEN_FILE, STATUS_PATH};
-use crate::network::NetworkStatus;
+use super::{API_ADDR_FILE, API_TOKEN_FILE, NodeStatus, STATUS_PATH};
 
 /// Largest response accepted from the API.
 const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
@@ -131,7 +130,7 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The status of the node running for `data_dir`.
-pub fn status(data_dir: &Path) -> Result<NetworkStatus, ApiClientError> {
+pub fn status(data_dir: &Path) -> Result<NodeStatus, ApiClientError> {
     let (addr, token) = endpoint(data_dir)?;
     let (code, body) = match get(addr, Some(&token), STATUS_PATH) {
         Ok(r) => r,

@@ -1,6 +1,14 @@
 //! The local control API: HTTP/JSON on 127.0.0.1, for `formic status` and
 //! other local tools.
 //!
+//! `GET /v1/status` answers a [`NodeStatus`]: the network's status (its keys
+//! at the top level, unchanged since the first version) plus, where this
+//! process runs them, the idle governor's decision, the running units with
+//! their fuel, and per-project progress and credit. The network starts
+//! before the governor and the computing layer, so those are attached later
+//! through [`StatusSources`]; keys are only ever added, never renamed,
+//! because scripts read `formic status --json`.
+//!
 //! On start the server writes its address to `<data-dir>/api.addr` and a
 //! fresh random bearer token to `<data-dir>/api.token` (mode 0600), so only
 //! the user who owns the data directory can talk to the node; requests
@@ -10,6 +18,7 @@ pub mod client;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -17,9 +26,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
 
-use crate::network::NetworkClient;
+use crate::computing::ComputeStatus;
+use crate::governor::{GovernorSnapshot, RunningUnit, UnitSet};
+use crate::network::{NetworkClient, NetworkStatus};
 
 /// File holding the API's `ip:port`.
 pub const API_ADDR_FILE: &str = "api.addr";
@@ -47,9 +59,145 @@ pub enum ApiError {
     Random(String),
 }
 
+/// What `GET /v1/status` answers and `formic status --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The network's fields, at the top level as in the first version.
+    #[serde(flatten)]
+    pub network: NetworkStatus,
+    /// The idle governor's decision; absent where no governor runs
+    /// (`formic publish`, `formic results`, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governor: Option<GovernorSnapshot>,
+    /// Units running now, oldest first, with fuel used and fuel budget.
+    #[serde(default)]
+    pub running_units: Vec<RunningUnit>,
+    /// The computing layer's counters and per-project progress and credit;
+    /// absent where no computing layer runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeSummary>,
+}
+
+/// The computing layer, as the API reports it (a copy of
+/// [`ComputeStatus`], kept separate so the JSON contract does not follow
+/// internal changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeSummary {
+    /// Units running on this node now.
+    pub running: usize,
+    /// Units this node has finished computing since it started.
+    pub computed: u64,
+    /// Units that failed here (traps, limits).
+    pub failed: u64,
+    pub projects: Vec<ProjectCredit>,
+}
+
+/// One followed project's progress and this node's credit in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectCredit {
+    /// The full ProjectId.
+    pub project: String,
+    pub name: String,
+    pub units: usize,
+    /// Units with a validated result.
+    pub validated: usize,
+    /// Units of this project running here now.
+    pub running: usize,
+    /// Units of this project computed here.
+    pub computed_here: u64,
+    /// Credit: the fuel of this node's results that were validated.
+    pub credit_fuel: u64,
+}
+
+impl From<&ComputeStatus> for ComputeSummary {
+    fn from(c: &ComputeStatus) -> Self {
+        ComputeSummary {
+            running: c.running,
+            computed: c.computed,
+            failed: c.failed,
+            projects: c
+                .projects
+                .iter()
+                .map(|p| ProjectCredit {
+                    project: p.project.clone(),
+                    name: p.name.clone(),
+                    units: p.units,
+                    validated: p.validated,
+                    running: p.running,
+                    computed_here: p.computed_here,
+                    credit_fuel: p.credit_fuel,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where the non-network parts of the status come from. The network (and
+/// with it the API) starts first; the governor and the computing layer
+/// attach their channels here once they run. Clones share one slot.
+#[derive(Clone, Default)]
+pub struct StatusSources {
+    inner: Arc<RwLock<Attached>>,
+}
+
+#[derive(Default)]
+struct Attached {
+    governor: Option<watch::Receiver<GovernorSnapshot>>,
+    units: Option<UnitSet>,
+    compute: Option<watch::Receiver<ComputeStatus>>,
+}
+
+impl std::fmt::Debug for StatusSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("StatusSources")
+            .field("governor", &a.governor.is_some())
+            .field("units", &a.units.is_some())
+            .field("compute", &a.compute.is_some())
+            .finish()
+    }
+}
+
+impl StatusSources {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Attached> {
+        // Plain slots: valid whatever a panicking writer did.
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reports the governor's decisions.
+    pub fn attach_governor(&self, snapshots: watch::Receiver<GovernorSnapshot>) {
+        self.write().governor = Some(snapshots);
+    }
+
+    /// Reports the units registered in `units` as running.
+    pub fn attach_units(&self, units: UnitSet) {
+        self.write().units = Some(units);
+    }
+
+    /// Reports the computing layer's status.
+    pub fn attach_compute(&self, status: watch::Receiver<ComputeStatus>) {
+        self.write().compute = Some(status);
+    }
+
+    /// The status of `network` with whatever is attached.
+    pub fn status(&self, network: NetworkStatus) -> NodeStatus {
+        let a = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        NodeStatus {
+            network,
+            governor: a.governor.as_ref().map(|rx| rx.borrow().clone()),
+            running_units: a.units.as_ref().map(UnitSet::running).unwrap_or_default(),
+            compute: a
+                .compute
+                .as_ref()
+                .map(|rx| ComputeSummary::from(&*rx.borrow())),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     client: NetworkClient,
+    sources: StatusSources,
     token: String,
 }
 
@@ -83,9 +231,12 @@ fn new_token() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Starts the API on `addr` (loopback only) for the node in `data_dir`.
+/// Starts the API on `addr` (loopback only) for the node in `data_dir`;
+/// its status reports `client`'s network plus whatever is attached to
+/// `sources`.
 pub async fn serve(
     client: NetworkClient,
+    sources: StatusSources,
     data_dir: &Path,
     addr: SocketAddr,
 ) -> Result<ApiServer, ApiError> {
@@ -116,7 +267,11 @@ pub async fn serve(
         },
     )?;
 
-    let state = AppState { client, token };
+    let state = AppState {
+        client,
+        sources,
+        token,
+    };
     let app = Router::new()
         .route(STATUS_PATH, get(status))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -164,7 +319,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 
 async fn status(State(state): State<AppState>) -> Response {
     match state.client.status().await {
-        Ok(s) => axum::Json(s).into_response(),
+        Ok(s) => axum::Json(state.sources.status(s)).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"error": e.to_string()})),

@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Matching results needed per unit.
     #[arg(long, default_value_t = 2)]
     pub quorum: u16,
+    /// Fraction of units the owner plants as spot checks (computed locally, answers
+    /// revealed by the researcher when collecting).
+    #[arg(long, default_value_t = 0.1)]
+    pub spot_checks: f64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
@@ -37,6 +41,12 @@ pub struct DemoArgs {
 }
 
 pub fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.spot_checks) {
+        anyhow::bail!(
+            "--spot-checks must be between 0 and 1, not {}",
+            args.spot_checks
+        );
+    }
     if args.saboteurs >= args.peers {
         anyhow::bail!(
             "--saboteurs ({}) must be fewer than --peers ({})",
@@ -51,6 +61,7 @@ pub fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         saboteurs: args.saboteurs,
         range: args.range,
         quorum: args.quorum,
+        spot_checks: args.spot_checks,
         timeout: Duration::from_secs(args.timeout),
         results_dir: args.out.clone(),
         ..DemoConfig::default()
@@ -80,6 +91,7 @@ pub fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("wrong results accepted       {}", report.wrong_accepted);
     println!("workers proven faulty        {}", report.faulty_workers);
+    println!("spot checks planted          {}", report.spot_checks);
     println!(
         "compute spent / useful       {:.2} ({} executions)",
         report.overhead(),

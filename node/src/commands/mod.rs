@@ -19,9 +19,6 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-/// Exit code for a subcommand that exists but whose capability has not landed.
-pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
-
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;

@@ -19,6 +19,9 @@ use crate::session::{Role, Session, SessionError};
 /// port-forwarding rules find a volunteer again after a restart.
 pub const DEFAULT_PORT: u16 = 4001;
 
+/// Most async worker threads the agent runs (fewer on smaller machines).
+const ASYNC_THREADS: usize = 2;
+
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// Address to listen on, repeatable (e.g. /ip4/0.0.0.0/tcp/4001,
@@ -89,8 +92,26 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.mdns = !args.no_mdns;
     config.api_addr = Some(args.api);
     config.kad_server = args.kad_server;
+    // Records, held results and followed projects survive a crash or a
+    // kill -9 (see state_store.rs).
+    let state_path = config.data_dir.join(crate::state_store::STATE_FILE);
+    config.state = Some(std::sync::Arc::new(
+        crate::state_store::StateStore::open(&state_path)
+            .with_context(|| format!("opening the node's state {}", state_path.display()))?,
+    ));
+    // The blob store evicts least-recently-used, unpinned blobs to stay
+    // within the volunteer's disk quota (updated on SIGHUP below).
+    config.blob_quota = Some(prefs.disk_quota);
 
+    // The async threads only move messages (units run on the compute pool,
+    // blocking reads on Tokio's blocking threads), so a few are plenty; one
+    // per core, Tokio's default, costs an idle agent memory and wake-ups on
+    // many-core machines for nothing.
+    let async_threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(ASYNC_THREADS);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(async_threads)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -98,6 +119,7 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
         // The network and the computing layer that follows every announced
         // project and computes its units in the sandbox.
         let (prefs_tx, prefs_rx) = tokio::sync::watch::channel(prefs);
+        let quota_prefs = prefs_rx.clone();
         if let Some(path) = prefs_path {
             crate::preferences::spawn_reload_on_sighup(path, Default::default(), prefs_tx)
                 .context("watching for SIGHUP")?;
@@ -117,6 +139,7 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
             sabotage: args.sabotage,
             idle_priority: true,
             governed: Some(units),
+            governor: Some(governor.subscribe()),
             ..Role::volunteer(threads)
         };
         let session = match Session::start(config.clone(), role.clone()).await {
@@ -127,12 +150,34 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
             }
             other => other.context("starting the node")?,
         };
+        follow_disk_quota(quota_prefs, std::sync::Arc::clone(session.client().blob_store()));
         wait_for_stop_signal().await.context("waiting for a stop signal")?;
         tracing::info!("stopping");
         session.shutdown().await.context("stopping the node")?;
         governor.shutdown();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Applies a changed `disk_quota` preference (SIGHUP) to the blob store,
+/// evicting down to a lowered quota.
+fn follow_disk_quota(
+    mut prefs: tokio::sync::watch::Receiver<crate::preferences::Preferences>,
+    store: std::sync::Arc<crate::blob_store::BlobStore>,
+) {
+    tokio::spawn(async move {
+        let mut quota = prefs.borrow_and_update().disk_quota;
+        while prefs.changed().await.is_ok() {
+            let new = prefs.borrow_and_update().disk_quota;
+            if new == quota {
+                continue;
+            }
+            quota = new;
+            tracing::info!(quota, "blob store quota changed");
+            let store = std::sync::Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || store.set_quota(Some(new))).await;
+        }
+    });
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix (what systemd and `kill` send).

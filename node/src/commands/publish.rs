@@ -16,6 +16,7 @@ use rand::RngCore;
 use super::join::JoinArgs;
 use crate::cli::GlobalArgs;
 use crate::owner::{self, OWNER_KEY_FILE, PublishOptions};
+use crate::spot_checks;
 
 #[derive(Debug, Args)]
 #[command(
@@ -64,11 +65,11 @@ pub struct PublishArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
-    if args.spot_checks != 0.0 {
-        eprintln!(
-            "formic publish: --spot-checks is not available yet (validation supports spot checks; publishing them does not). Use --audits."
+    if !(0.0..=1.0).contains(&args.spot_checks) {
+        bail!(
+            "--spot-checks must be between 0 and 1, not {}",
+            args.spot_checks
         );
-        return Ok(ExitCode::from(super::EXIT_NOT_IMPLEMENTED));
     }
     if !(0.0..=1.0).contains(&args.audits) {
         bail!("--audits must be between 0 and 1, not {}", args.audits);
@@ -79,12 +80,13 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let app = std::fs::read(&args.app)
         .with_context(|| format!("reading the app {}", args.app.display()))?;
     // Refuse an app that would fail on every volunteer.
-    Sandbox::new(SandboxConfig {
+    let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(data_dir.join("wasm-cache")),
     })
-    .context("starting the sandbox")?
-    .compile(&app)
-    .with_context(|| format!("checking the app {}", args.app.display()))?;
+    .context("starting the sandbox")?;
+    sandbox
+        .compile(&app)
+        .with_context(|| format!("checking the app {}", args.app.display()))?;
     let inputs = owner::read_inputs(&args.inputs)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.app
@@ -118,6 +120,16 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
         inputs.len(),
         opts.quorum
     );
+    if args.spot_checks > 0.0 {
+        plant_spot_checks(
+            &data_dir,
+            &owner_key,
+            &project,
+            &inputs,
+            &sandbox,
+            args.spot_checks,
+        )?;
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -150,4 +162,42 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
         println!("{project_id}");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Computes a secret sample of the units here, with a progress bar (they
+/// run as long as any unit), and keeps their answers in the data dir.
+fn plant_spot_checks(
+    data_dir: &std::path::Path,
+    owner_key: &libp2p::identity::Keypair,
+    project: &owner::BuiltProject,
+    inputs: &[Vec<u8>],
+    sandbox: &Sandbox,
+    fraction: f64,
+) -> anyhow::Result<()> {
+    let chosen = spot_checks::choose(inputs.len(), fraction, &mut rand::rngs::OsRng)?;
+    let bar = ProgressBar::new(chosen.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("computing spot checks locally");
+    let planted = spot_checks::plant(owner_key, project, inputs, &chosen, sandbox, &|done, _| {
+        bar.set_position(done as u64)
+    })
+    .context("planting spot checks")?;
+    bar.finish_and_clear();
+    let dir = spot_checks::save(data_dir, project.id(), &planted.keys)?;
+    eprintln!(
+        "planted {} spot checks{}; their answers stay in {} until `formic results` reveals them",
+        planted.answers,
+        if planted.failed > 0 {
+            format!(
+                " ({} chosen units failed here and were left out)",
+                planted.failed
+            )
+        } else {
+            String::new()
+        },
+        dir.display()
+    );
+    Ok(())
 }

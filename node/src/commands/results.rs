@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::join::JoinArgs;
 use crate::cli::GlobalArgs;
 use crate::collect::{self, Format};
+use crate::spot_checks;
 
 /// Exit code when results were written but not every unit is validated yet.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -68,6 +69,17 @@ pub fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let session = args.join.join(&data_dir).await?;
+        // The owner collecting: reveal the planted spot checks first, so
+        // every peer can judge workers against them (revealing ends their
+        // use as checks, which is why it waits until now).
+        let keys = spot_checks::load(&data_dir, project).context("reading planted spot checks")?;
+        if !keys.is_empty() {
+            session.wait_for_peers(1, Duration::from_secs(20)).await;
+            let n = spot_checks::reveal(&session.client(), &keys)
+                .await
+                .context("revealing spot checks")?;
+            eprintln!("revealed {n} spot-check answers");
+        }
         session.compute.follow(project).await;
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} units validated {msg}")

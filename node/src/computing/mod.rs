@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use formic_protocol::messages::{
     Announce, Batch, Data, Gossip, MAX_INLINE_BYTES, ProjectId, ProjectManifest, Reveal, UnitRef,
 };
-use formic_protocol::project::{ProjectState, WorkOrder};
+use formic_protocol::project::{Applied, ProjectState, WorkOrder};
 use formic_protocol::validation::Verdict;
 use formic_protocol::{Signed, SignerKey};
 use formic_work_units::{App, ENGINE_VERSION, Sandbox, SandboxLimits};
@@ -182,6 +182,9 @@ struct Followed {
     /// Reveals waiting for a quorum of commits.
     held: Vec<(UnitRef, Signed<Reveal>)>,
     busy: BTreeSet<u64>,
+    /// Units this node left unfinished before a restart, to run again
+    /// before taking new work.
+    resume: Vec<WorkOrder>,
     computed_here: u64,
     fuel_by_unit: HashMap<u64, u64>,
 }
@@ -195,9 +198,23 @@ struct LoadedParts {
 }
 
 struct Loaded {
-    project: ProjectId,
+    announce: Announce,
     result: Result<LoadedParts, LoadError>,
 }
+
+/// A load that failed to fetch, to try again later: the blobs may not be
+/// findable yet (a publisher still joining) or their holders offline for a
+/// while. Other failures (bad records, an app that does not compile) are
+/// final.
+struct LoadRetry {
+    announce: Announce,
+    at: tokio::time::Instant,
+    attempt: u32,
+}
+
+/// First and longest wait before fetching a project's blobs again.
+const LOAD_RETRY_FIRST: Duration = Duration::from_secs(2);
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 
 struct JobDone {
     project: ProjectId,
@@ -235,6 +252,7 @@ struct Worker {
     loading: HashSet<ProjectId>,
     wanted: HashSet<ProjectId>,
     pending: HashMap<ProjectId, Vec<Gossip>>,
+    retries: HashMap<ProjectId, LoadRetry>,
     loaded_tx: mpsc::Sender<Loaded>,
     jobs_tx: mpsc::Sender<JobDone>,
     running: usize,
@@ -275,12 +293,14 @@ async fn run(
         loading: HashSet::new(),
         wanted: HashSet::new(),
         pending: HashMap::new(),
+        retries: HashMap::new(),
         loaded_tx,
         jobs_tx,
         running: 0,
         computed: 0,
         failed: 0,
     };
+    w.restore().await;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -304,6 +324,7 @@ async fn run(
             }
             Some(done) = jobs_rx.recv() => w.on_job_done(done).await,
             _ = tick.tick() => {
+                w.retry_loads();
                 w.schedule().await;
                 w.open_commits().await;
                 let _ = status.send(w.status());
@@ -314,8 +335,85 @@ async fn run(
 }
 
 impl Worker {
+    /// After a restart: follows again what was followed before, from the
+    /// state store and the records restored from it (an announcement held
+    /// is a project to load). Each project then resumes its own unfinished
+    /// work when it loads (see `resume_unfinished`).
+    async fn restore(&mut self) {
+        let Some(state) = self.client.state_store().cloned() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || state.followed()).await {
+            Ok(Ok(followed)) => self.wanted.extend(followed),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read followed projects"),
+            Err(e) => tracing::warn!(error = %e, "cannot read followed projects"),
+        }
+        for project in self.client.projects().await.unwrap_or_default() {
+            if self.wanted.contains(&project)
+                && let Err(e) = self.client.subscribe(Topic::Project(project)).await
+            {
+                tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+            }
+            for r in self.client.records(project).await.unwrap_or_default() {
+                if matches!(r, Gossip::Announce(_)) {
+                    self.on_record(project, r).await;
+                }
+            }
+        }
+    }
+
+    /// A freshly loaded project: takes back this node's reveals that were
+    /// held on disk, and queues every unit it claimed or committed to but
+    /// did not finish, so a killed node loses no reported result.
+    async fn resume_unfinished(&mut self, project: ProjectId) {
+        let Some(state) = self.client.state_store().cloned() else {
+            return;
+        };
+        let held = tokio::task::spawn_blocking(move || state.held_reveals(&project))
+            .await
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(error = %e, "cannot read held reveals"))
+                    .ok()
+            })
+            .unwrap_or_default();
+        let me = self.me;
+        let Some(f) = self.projects.get_mut(&project) else {
+            return;
+        };
+        let mut held_units = HashSet::new();
+        for bytes in held {
+            let Ok(reveal) = Signed::<Reveal>::from_bytes(&bytes) else {
+                continue;
+            };
+            // Only this node's own, for this project.
+            if reveal.signer() != me {
+                continue;
+            }
+            let Ok(r) = reveal.verify() else { continue };
+            if r.unit.project == project && held_units.insert(r.unit.index) {
+                f.held.push((r.unit, reveal));
+            }
+        }
+        f.resume = f
+            .state
+            .unfinished_by(&me, now_ms())
+            .into_iter()
+            .filter(|o| !held_units.contains(&o.unit.index))
+            .collect();
+        if !f.held.is_empty() || !f.resume.is_empty() {
+            tracing::info!(project = %project.short(), held_reveals = f.held.len(), rerun = f.resume.len(),
+                "resuming work left unfinished before a restart");
+        }
+    }
+
     async fn follow(&mut self, project: ProjectId) {
-        self.wanted.insert(project);
+        if self.wanted.insert(project)
+            && let Some(state) = self.client.state_store().cloned()
+        {
+            // Best effort: a lost follow is asked for again by the user.
+            let _ = tokio::task::spawn_blocking(move || state.follow(&project)).await;
+        }
         if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
             tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
         }
@@ -341,8 +439,38 @@ impl Worker {
             return;
         }
         if let Some(f) = self.projects.get_mut(&project) {
-            if let Err(e) = f.state.apply(&gossip) {
-                tracing::debug!(project = %project.short(), error = %e, "record not applied");
+            match f.state.apply(&gossip) {
+                // A claim or commit of this node's own that it did not just
+                // make: it predates a restart and reached us by sync (the
+                // journal had not written it). Its unit must be finished.
+                Ok(Applied::New) => {
+                    let mine = match &gossip {
+                        Gossip::Claim(c) if c.signer() == self.me => {
+                            c.verify().ok().map(|c| c.unit)
+                        }
+                        Gossip::Commit(c) if c.signer() == self.me => {
+                            c.verify().ok().map(|c| c.unit)
+                        }
+                        _ => None,
+                    };
+                    if let Some(unit) = mine
+                        && !f.busy.contains(&unit.index)
+                        && !f.held.iter().any(|(u, _)| *u == unit)
+                        && !f.resume.iter().any(|o| o.unit == unit)
+                        && let Some(order) = f
+                            .state
+                            .unfinished_by(&self.me, now_ms())
+                            .into_iter()
+                            .find(|o| o.unit == unit)
+                    {
+                        tracing::info!(project = %project.short(), unit = unit.index, "resuming a unit left unfinished before a restart");
+                        f.resume.push(order);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(project = %project.short(), error = %e, "record not applied");
+                }
             }
         } else if self.loading.contains(&project) || self.wanted.contains(&project) {
             let buf = self.pending.entry(project).or_default();
@@ -359,26 +487,63 @@ impl Worker {
         let compute = self.config.slots > 0;
         let tx = self.loaded_tx.clone();
         tokio::spawn(async move {
-            let project = announce.project;
             let result = load(&client, &announce, &sandbox, compute).await;
-            let _ = tx.send(Loaded { project, result }).await;
+            let _ = tx.send(Loaded { announce, result }).await;
         });
     }
 
+    /// Starts again every failed load whose wait is over.
+    fn retry_loads(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<ProjectId> = self
+            .retries
+            .iter()
+            .filter(|(p, r)| r.at <= now && !self.loading.contains(*p))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if let Some(r) = self.retries.get(&p) {
+                tracing::debug!(project = %p.short(), attempt = r.attempt, "fetching the project again");
+                self.start_load(r.announce.clone());
+            }
+        }
+    }
+
     async fn on_loaded(&mut self, loaded: Loaded) {
-        self.loading.remove(&loaded.project);
+        let project = loaded.announce.project;
+        self.loading.remove(&project);
         let LoadedParts {
             manifest,
             batch,
             app,
         } = match loaded.result {
-            Ok(x) => x,
+            Ok(x) => {
+                self.retries.remove(&project);
+                x
+            }
+            Err(e @ LoadError::Fetch { .. }) => {
+                let attempt = self.retries.get(&project).map_or(0, |r| r.attempt + 1);
+                let wait = LOAD_RETRY_FIRST
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(LOAD_RETRY_MAX);
+                tracing::warn!(project = %project.short(), error = %e, retry_in = ?wait, "cannot load project yet");
+                self.retries.insert(
+                    project,
+                    LoadRetry {
+                        announce: loaded.announce,
+                        at: tokio::time::Instant::now() + wait,
+                        attempt,
+                    },
+                );
+                return;
+            }
             Err(e) => {
-                tracing::warn!(project = %loaded.project.short(), error = %e, "cannot load project");
+                self.retries.remove(&project);
+                tracing::warn!(project = %project.short(), error = %e, "cannot load project");
                 return;
             }
         };
-        let project = loaded.project;
+        let fresh = !self.projects.contains_key(&project);
         if let Some(f) = self.projects.get_mut(&project) {
             // A further batch of a project already followed.
             if let Err(e) = f.state.add_batch(&batch) {
@@ -406,6 +571,7 @@ impl Worker {
                     app,
                     held: Vec::new(),
                     busy: BTreeSet::new(),
+                    resume: Vec::new(),
                     computed_here: 0,
                     fuel_by_unit: HashMap::new(),
                 },
@@ -427,6 +593,9 @@ impl Worker {
                 self.on_record(project, r).await;
             }
         }
+        if fresh {
+            self.resume_unfinished(project).await;
+        }
     }
 
     async fn schedule(&mut self) {
@@ -446,6 +615,15 @@ impl Worker {
                     break;
                 };
                 let Some(app) = f.app.clone() else { break };
+                // Unfinished work from before a restart first: its claim or
+                // commit is already public.
+                if let Some(order) = f.resume.pop() {
+                    f.busy.insert(order.unit.index);
+                    self.running += 1;
+                    let limits = limits_of(f.state.manifest());
+                    self.spawn_job(id, order, app, limits);
+                    continue;
+                }
                 let draw: u32 = rand::thread_rng().r#gen();
                 let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
                     break;
@@ -507,7 +685,14 @@ impl Worker {
                     // Registered for the run's duration: the governor pauses
                     // it in place (no progress lost) and resumes it.
                     let control = formic_work_units::UnitControl::new();
-                    let _guard = governed.as_ref().map(|u| u.register(control.clone()));
+                    let label = crate::governor::UnitLabel {
+                        project: project.short(),
+                        index: unit.index,
+                        fuel_budget: limits.fuel,
+                    };
+                    let _guard = governed
+                        .as_ref()
+                        .map(|u| u.register_unit(control.clone(), label));
                     sandbox.run(&app, &input, seed, &limits, Some(&control))
                 };
                 let outcome = match pool {
@@ -577,6 +762,25 @@ impl Worker {
             .commit(&self.config.keypair, done.unit, data, fuel, ENGINE_VERSION)
         {
             Ok((commit, reveal)) => {
+                // The reveal is on disk before its commit is public: a commit
+                // seen by the network always has a reveal to back it.
+                if let Some(state) = self.client.state_store().cloned()
+                    && let Ok(bytes) = reveal.to_bytes()
+                {
+                    let (project, index) = (done.project, done.unit.index);
+                    match tokio::task::spawn_blocking(move || {
+                        state.put_held_reveal(&project, index, &bytes)
+                    })
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reveal not persisted"),
+                        Err(e) => tracing::warn!(error = %e, "reveal not persisted"),
+                    }
+                }
+                let Some(f) = self.projects.get_mut(&done.project) else {
+                    return;
+                };
                 let g = Gossip::Commit(commit);
                 let _ = f.state.apply(&g);
                 f.held.push((done.unit, reveal));
@@ -607,10 +811,23 @@ impl Worker {
                 }
             }
         }
+        let mut published = Vec::new();
         for (id, g) in to_publish {
-            if let Err(e) = self.client.publish(Topic::Project(id), g).await {
-                tracing::debug!(error = %e, "reveal not published");
+            let unit = match &g {
+                Gossip::Reveal(r) => r.verify().ok().map(|r| r.unit.index),
+                _ => None,
+            };
+            match self.client.publish(Topic::Project(id), g).await {
+                Ok(_) => published.extend(unit.map(|u| (id, u))),
+                Err(e) => tracing::debug!(error = %e, "reveal not published"),
             }
+        }
+        // Published reveals are records now (journaled with the rest).
+        if !published.is_empty()
+            && let Some(state) = self.client.state_store().cloned()
+        {
+            let _ =
+                tokio::task::spawn_blocking(move || state.remove_held_reveals(&published)).await;
         }
     }
 

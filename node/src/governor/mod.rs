@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::preferences::{AllowedHours, Preferences};
@@ -40,7 +40,7 @@ pub use sources::{
     Clock, CpuLoadSource, IdleSource, LogindIdleSource, ManualPause, ManualPauseSource,
     PowerSource, PowerState, ProcCpuLoad, SysfsPower, SystemClock, UserIdle,
 };
-pub use units::{UnitGuard, UnitSet, apply_decision, drive_units};
+pub use units::{RunningUnit, UnitGuard, UnitLabel, UnitSet, apply_decision, drive_units};
 
 /// Default time between two decisions.
 /// Default time between two decisions: a quarter second keeps "user
@@ -49,7 +49,7 @@ pub use units::{UnitGuard, UnitSet, apply_decision, drive_units};
 pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
 
 /// Whether computing may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Running,
@@ -80,7 +80,7 @@ pub enum Reason {
 
 /// The kind of a [`Reason`], without its changing details: what status
 /// shows and what "the decision changed" compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonKind {
     ManuallyPaused,
@@ -228,8 +228,9 @@ pub fn decide(r: &Readings, policy: &Policy) -> (Decision, Reason) {
     (Decision::Running, Reason::AllClear)
 }
 
-/// What `formic status` shows about the governor.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What `formic status` shows about the governor (the `governor` object of
+/// `formic status --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GovernorSnapshot {
     pub state: Decision,
     pub reason: ReasonKind,

@@ -179,6 +179,9 @@ pub(crate) enum Command {
         project: ProjectId,
         reply: Reply<Vec<Vec<u8>>>,
     },
+    Projects {
+        reply: Reply<Vec<ProjectId>>,
+    },
     ReportMisbehaviour {
         peer: PeerId,
         reason: String,
@@ -194,6 +197,7 @@ pub struct NetworkClient {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     store: Arc<BlobStore>,
+    state: Option<Arc<crate::state_store::StateStore>>,
 }
 
 impl std::fmt::Debug for NetworkClient {
@@ -205,8 +209,28 @@ impl std::fmt::Debug for NetworkClient {
 }
 
 impl NetworkClient {
-    pub(crate) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, store: Arc<BlobStore>) -> Self {
-        Self { tx, peer_id, store }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        peer_id: PeerId,
+        store: Arc<BlobStore>,
+        state: Option<Arc<crate::state_store::StateStore>>,
+    ) -> Self {
+        Self {
+            tx,
+            peer_id,
+            store,
+            state,
+        }
+    }
+
+    /// The node's crash-safe state store, when it keeps one.
+    pub fn state_store(&self) -> Option<&Arc<crate::state_store::StateStore>> {
+        self.state.as_ref()
+    }
+
+    /// The projects this node holds records of.
+    pub async fn projects(&self) -> Result<Vec<ProjectId>, ClientError> {
+        self.ask(|reply| Command::Projects { reply }).await
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
@@ -289,12 +313,25 @@ impl NetworkClient {
         Ok(status)
     }
 
-    /// Stores `bytes` and announces this node as a provider.
+    /// Stores `bytes`, pins them (this node created them, so the network
+    /// may hold no other copy: the blob store's quota never evicts them
+    /// while this process runs) and announces this node as a provider.
     pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobRef, PutBlobError> {
         let store = Arc::clone(&self.store);
-        let blob = tokio::task::spawn_blocking(move || store.put(&bytes))
-            .await
-            .map_err(|e| PutBlobError::Join(e.to_string()))??;
+        let blob = tokio::task::spawn_blocking(move || {
+            let blob = BlobRef::of(&bytes);
+            // Pinned before it is written, so no concurrent insert can
+            // evict it in between.
+            store.pin(blob.id);
+            store
+                .put_verified(&blob, &bytes)
+                .map(|()| blob)
+                .inspect_err(|_| {
+                    store.unpin(&blob.id);
+                })
+        })
+        .await
+        .map_err(|e| PutBlobError::Join(e.to_string()))??;
         self.provide(blob.id).await.map_err(|e| match e {
             ProvideError::Client(c) => PutBlobError::Client(c),
             ProvideError::Kad(s) => PutBlobError::Provide(s),

@@ -34,6 +34,9 @@ const PARALLEL_CHUNKS: usize = 4;
 /// provider record may still be propagating).
 const PROVIDER_LOOKUPS: usize = 3;
 
+/// Connected peers asked directly when Kademlia finds no provider.
+const CONNECTED_FALLBACK: usize = 16;
+
 enum ChunkResult {
     Good(Vec<u8>),
     /// The peer sent data that does not match: drop and report it.
@@ -103,6 +106,20 @@ async fn candidates(
         }
         tracing::debug!(blob = %blob.id.short(), attempt, "no provider found yet");
         tokio::time::sleep(std::time::Duration::from_millis(500 * (attempt as u64 + 1))).await;
+    }
+    if out.is_empty() {
+        // Kademlia may know no provider yet: a publisher that has just
+        // joined is often still in client mode, so its provider records
+        // have nowhere to live. The peers we are connected to are the next
+        // best guess (the publisher among them, or a peer that fetched it);
+        // one without the blob just answers NotFound.
+        let connected = client.connected_peers().await.unwrap_or_default();
+        out.extend(
+            connected
+                .into_iter()
+                .filter(|p| *p != me)
+                .take(CONNECTED_FALLBACK),
+        );
     }
     if out.is_empty() {
         return Err(FetchError::NoProviders(blob.id));

@@ -164,6 +164,16 @@ pub struct NodeConfig {
     pub kad_server: bool,
     /// Serve the control API on this address (127.0.0.1 only).
     pub api_addr: Option<SocketAddr>,
+    /// What the control API reports beyond the network (the governor and
+    /// computing layer attach themselves here once started).
+    pub api_status: crate::api::StatusSources,
+    /// The crash-safe state store (`formic node`): records are loaded from
+    /// it at start and every new one is written to it. `None`: records live
+    /// in memory only (short-lived sessions such as `publish`, tests).
+    pub state: Option<Arc<crate::state_store::StateStore>>,
+    /// Byte quota of the blob store (the `disk_quota` preference); `None`:
+    /// unlimited (short-lived sessions, tests).
+    pub blob_quota: Option<u64>,
     /// How often Kademlia re-bootstraps while its routing table is sparse:
     /// short so a fresh network converges in seconds (the libp2p default of
     /// 5 minutes leaves peers isolated). Once the table holds
@@ -187,6 +197,9 @@ impl NodeConfig {
             mdns: true,
             kad_server: false,
             api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            api_status: crate::api::StatusSources::default(),
+            state: None,
+            blob_quota: None,
             bootstrap_interval: Duration::from_secs(5),
             limits: NetworkLimits::default(),
             fault: FaultInjection::default(),
@@ -307,6 +320,10 @@ pub enum StartError {
     ListenTimeout(Duration),
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    State(#[from] crate::state_store::StateStoreError),
+    #[error("cannot start the state writer thread: {0}")]
+    StateWriter(std::io::Error),
 }
 
 /// Why a node did not shut down cleanly.
@@ -389,14 +406,25 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         Some(k) => k,
         None => crate::identity::load_or_create_node_identity(&config.data_dir)?,
     };
-    let store = Arc::new(BlobStore::open(&config.data_dir)?);
+    let store = Arc::new(BlobStore::open_with_quota(
+        &config.data_dir,
+        config.blob_quota,
+    )?);
     let (cmd_tx, cmd_rx) = mpsc::channel(config.limits.command_queue);
     let (ev_tx, ev_rx) = mpsc::channel(config.limits.event_queue);
     let (task, peer_id, listen_addrs) =
         swarm_task::spawn(&config, keypair, Arc::clone(&store), cmd_rx, ev_tx).await?;
-    let client = NetworkClient::new(cmd_tx, peer_id, store);
+    let client = NetworkClient::new(cmd_tx, peer_id, store, config.state.clone());
     let api = match config.api_addr {
-        Some(addr) => Some(crate::api::serve(client.clone(), &config.data_dir, addr).await?),
+        Some(addr) => Some(
+            crate::api::serve(
+                client.clone(),
+                config.api_status.clone(),
+                &config.data_dir,
+                addr,
+            )
+            .await?,
+        ),
         None => None,
     };
     Ok(RunningNode {

@@ -51,6 +51,8 @@ struct ProjectLog {
 pub struct RecordStore {
     limits: RecordLimits,
     projects: HashMap<ProjectId, ProjectLog>,
+    /// Where new records go to be persisted, when the node keeps state.
+    journal: Option<crate::state_store::RecordJournal>,
 }
 
 /// Checks a record's signature and returns its signer and project.
@@ -77,7 +79,14 @@ impl RecordStore {
         Self {
             limits,
             projects: HashMap::new(),
+            journal: None,
         }
+    }
+
+    /// Sends every record inserted from now on to `journal` (the state
+    /// store's writer); records loaded before this are not sent back.
+    pub fn set_journal(&mut self, journal: crate::state_store::RecordJournal) {
+        self.journal = Some(journal);
     }
 
     /// Whether these exact bytes are already stored for `project`.
@@ -112,6 +121,12 @@ impl RecordStore {
             return Inserted::Full;
         }
         log.seen.insert(id);
+        if let Some(j) = &self.journal
+            && j.send((project, bytes.clone())).is_err()
+        {
+            tracing::warn!("the state writer stopped; new records are no longer persisted");
+            self.journal = None;
+        }
         log.records.push(bytes);
         Inserted::New
     }

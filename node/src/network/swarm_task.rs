@@ -105,6 +105,12 @@ struct Task {
     bootstrap_peers: HashSet<PeerId>,
     kad_peers: HashSet<PeerId>,
     last_bootstrap: Option<Instant>,
+    /// Current period of the sparse-table bootstrap: `bootstrap_interval`,
+    /// doubled after each bootstrap that found no new peer (see
+    /// `periodic_bootstrap`).
+    sparse_bootstrap_every: Duration,
+    /// Routing-table size at the last periodic bootstrap.
+    table_at_bootstrap: usize,
     project_topics: HashMap<TopicHash, ProjectId>,
     publish_queue: VecDeque<QueuedPublish>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
@@ -122,6 +128,26 @@ struct Task {
 
 /// Builds the swarm, starts listening and dialing, and spawns the task.
 /// Returns once every listener has an address.
+/// The record store, filled from the state store when the node keeps one
+/// (records held before a restart serve pull-sync at once), and journaling
+/// every new record to it.
+fn open_records(config: &NodeConfig) -> Result<RecordStore, StartError> {
+    let mut records = RecordStore::new(config.limits.records);
+    if let Some(state) = &config.state {
+        let stored = state.records()?;
+        let n = stored.len();
+        for (project, bytes) in stored {
+            records.insert(project, bytes);
+        }
+        tracing::info!(records = n, "records restored from the state store");
+        records.set_journal(
+            crate::state_store::spawn_record_writer(Arc::clone(state))
+                .map_err(StartError::StateWriter)?,
+        );
+    }
+    Ok(records)
+}
+
 pub(crate) async fn spawn(
     config: &NodeConfig,
     keypair: Keypair,
@@ -188,7 +214,7 @@ pub(crate) async fn spawn(
         bootstrap_interval: config.bootstrap_interval,
         fault: config.fault.clone(),
         store,
-        records: RecordStore::new(config.limits.records),
+        records: open_records(config)?,
         events,
         dropped_events: 0,
         blob_io,
@@ -196,6 +222,8 @@ pub(crate) async fn spawn(
         bootstrap_peers: HashSet::new(),
         kad_peers: HashSet::new(),
         last_bootstrap: None,
+        sparse_bootstrap_every: config.bootstrap_interval,
+        table_at_bootstrap: 0,
         project_topics: HashMap::new(),
         publish_queue: VecDeque::new(),
         pending_providers: HashMap::new(),
@@ -428,6 +456,9 @@ impl Task {
                 self.pending_blob.insert(rid, reply);
             }
             Command::SyncProject { project, reply } => self.start_sync_op(project, reply),
+            Command::Projects { reply } => {
+                let _ = reply.send(self.records.projects());
+            }
             Command::Records { project, reply } => {
                 let _ = reply.send(self.records.records(&project));
             }
@@ -603,6 +634,23 @@ impl Task {
                 if self.bootstrap_peers.contains(&peer_id) {
                     self.bootstrap();
                 }
+                // A peer dialled us directly: we are reachable, at least from
+                // its network, so serve the DHT. Waiting for AutoNAT alone
+                // left a network's first node (everyone's bootstrap peer) in
+                // client mode for good, answering no Kademlia queries: peers
+                // could not find each other or any provider through it.
+                if let libp2p::core::ConnectedPoint::Listener { local_addr, .. } = &endpoint
+                    && !local_addr
+                        .iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+                    && self.swarm.behaviour().kad.mode() == kad::Mode::Client
+                {
+                    tracing::info!(peer = %peer_id, address = %local_addr, "serving the DHT: a peer reached this node directly");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .set_mode(Some(kad::Mode::Server));
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -627,6 +675,14 @@ impl Task {
     }
 
     /// Kademlia's periodic bootstrap, driven here (see `behaviour`).
+    ///
+    /// A sparse routing table is re-bootstrapped often so a fresh network
+    /// converges in seconds. But a table that stays sparse because the
+    /// whole network is small (ten volunteers on a LAN) is not unsettled:
+    /// each bootstrap that found no new peer doubles the period, up to the
+    /// settled one. Otherwise every peer of an 11-peer network queries all
+    /// the others every 5 s forever, which was most of an idle agent's CPU.
+    /// Any new peer (here or via identify) resets the period.
     fn periodic_bootstrap(&mut self) {
         let table: usize = self
             .swarm
@@ -638,9 +694,15 @@ impl Task {
         let interval = if table >= SETTLED_ROUTING_TABLE {
             SETTLED_BOOTSTRAP_INTERVAL
         } else {
-            self.bootstrap_interval
+            self.sparse_bootstrap_every
         };
         if table > 0 && self.last_bootstrap.is_none_or(|t| t.elapsed() >= interval) {
+            self.sparse_bootstrap_every = if table == self.table_at_bootstrap {
+                (self.sparse_bootstrap_every * 2).min(SETTLED_BOOTSTRAP_INTERVAL)
+            } else {
+                self.bootstrap_interval
+            };
+            self.table_at_bootstrap = table;
             self.bootstrap();
         }
     }
@@ -670,6 +732,7 @@ impl Task {
                 // A peer newly reachable over Kademlia: look around again
                 // now rather than at the next periodic bootstrap.
                 if self.kad_peers.len() < 100_000 && self.kad_peers.insert(peer_id) {
+                    self.sparse_bootstrap_every = self.bootstrap_interval;
                     self.bootstrap();
                 }
             }
@@ -1152,6 +1215,7 @@ impl Task {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.periodic_bootstrap();
+        self.stop_providing_evicted();
         if !self.publish_queue.is_empty() {
             self.retry_publish();
         }
@@ -1160,6 +1224,20 @@ impl Task {
         }
         if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS) {
             self.save_peers();
+        }
+    }
+
+    /// Withdraws this node as a provider of blobs the store's quota evicted,
+    /// so fetchers are not sent to a peer that answers "not found". A blob
+    /// stored again since (fetched anew) stays provided.
+    fn stop_providing_evicted(&mut self) {
+        for id in self.store.take_evicted() {
+            if !self.store.has(&id) {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(id.as_bytes()));
+            }
         }
     }
 

@@ -1,0 +1,322 @@
+//! The agent's crash-safe state: an embedded ACID store (redb) in
+//! `<data-dir>/state.redb`.
+//!
+//! What must survive `kill -9`, and why it is enough:
+//! - **Records** (every verified claim, commit, reveal, announcement and
+//!   spot-check key): the evidence validation runs on, and the sign of which
+//!   projects this node follows. They are written in batches by a writer
+//!   thread, so the network task never waits on the disk; a crash loses at
+//!   most the last batch, which pull-sync brings back from peers.
+//! - **Held reveals**: this node's own results, committed on the network but
+//!   not yet opened. Nobody else holds them, so each is written (and
+//!   fsynced) *before* its commit is published: a published commit always
+//!   has its reveal on disk.
+//! - **Followed projects** (those asked for by `formic results` or the API),
+//!   which a volunteer following everything would not re-derive.
+//!
+//! Credibility is not stored: it is recomputed from the records by
+//! `validate()`. Units that were running when the process died are re-run
+//! (execution is deterministic, so the result and its seal are the same).
+//! Blobs live in the blob store, which writes each file atomically.
+//!
+//! redb over SQLite: pure Rust (no C toolchain in CI or on volunteers'
+//! machines), copy-on-write B-trees with a checksummed commit that is
+//! crash-safe by design, and a key-value shape that fits records keyed by
+//! hash; docs/ARCHITECTURE.md has the longer comparison.
+
+use std::path::{Path, PathBuf};
+
+use formic_protocol::ContentId;
+use formic_protocol::messages::ProjectId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// File name of the store inside the data directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// project id (32) ‖ blake3 of the record (32) → record bytes.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// project id (32) ‖ unit index (8, big-endian) → signed reveal bytes.
+const HELD_REVEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held_reveals");
+/// project id (32) → nothing.
+const FOLLOWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("followed");
+
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateStoreError {
+    #[error(
+        "cannot open the state store {path}: {reason} (is another `formic node` using this data dir?)"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error("cannot read the state store: {0}")]
+    Read(String),
+    #[error("cannot write the state store: {0}")]
+    Write(String),
+}
+
+fn read_err(e: impl std::fmt::Display) -> StateStoreError {
+    StateStoreError::Read(e.to_string())
+}
+
+fn write_err(e: impl std::fmt::Display) -> StateStoreError {
+    StateStoreError::Write(e.to_string())
+}
+
+/// See the module docs.
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn record_key(project: &ProjectId, bytes: &[u8]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(project.as_bytes());
+    k[32..].copy_from_slice(ContentId::of(bytes).as_bytes());
+    k
+}
+
+fn unit_key(project: &ProjectId, index: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(project.as_bytes());
+    k[32..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn project_of(key: &[u8]) -> Option<ProjectId> {
+    let bytes: [u8; 32] = key.get(..32)?.try_into().ok()?;
+    Some(ContentId::from_bytes(bytes))
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the store at `path`. redb checks the file
+    /// on open and recovers from an interrupted commit by itself.
+    pub fn open(path: &Path) -> Result<Self, StateStoreError> {
+        let open_err = |reason: String| StateStoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // Create the tables once, so readers never meet a missing table.
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        for table in [RECORDS, HELD_REVEALS, FOLLOWED] {
+            txn.open_table(table).map_err(|e| open_err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Every stored record with its project, grouped by project.
+    pub fn records(&self) -> Result<Vec<(ProjectId, Vec<u8>)>, StateStoreError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(RECORDS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(read_err)? {
+            let (k, v) = entry.map_err(read_err)?;
+            if let Some(p) = project_of(k.value()) {
+                out.push((p, v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores records in one transaction (already-stored ones are no-ops).
+    pub fn put_records(&self, batch: &[(ProjectId, Vec<u8>)]) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(write_err)?;
+            for (project, bytes) in batch {
+                table
+                    .insert(record_key(project, bytes).as_slice(), bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// Keeps one of this node's own reveals until it is published; durable
+    /// when this returns.
+    pub fn put_held_reveal(
+        &self,
+        project: &ProjectId,
+        index: u64,
+        reveal: &[u8],
+    ) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(HELD_REVEALS).map_err(write_err)?;
+            table
+                .insert(unit_key(project, index).as_slice(), reveal)
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// Forgets held reveals once published (they are records from then on).
+    pub fn remove_held_reveals(&self, units: &[(ProjectId, u64)]) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(HELD_REVEALS).map_err(write_err)?;
+            for (project, index) in units {
+                table
+                    .remove(unit_key(project, *index).as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// This node's unpublished reveals for `project`.
+    pub fn held_reveals(&self, project: &ProjectId) -> Result<Vec<Vec<u8>>, StateStoreError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(HELD_REVEALS).map_err(read_err)?;
+        let lo = unit_key(project, 0);
+        let hi = unit_key(project, u64::MAX);
+        let mut out = Vec::new();
+        for entry in table
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(read_err)?
+        {
+            let (_, v) = entry.map_err(read_err)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Remembers that this node was asked to follow `project`.
+    pub fn follow(&self, project: &ProjectId) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(FOLLOWED).map_err(write_err)?;
+            table
+                .insert(project.as_bytes().as_slice(), [].as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// The projects this node was asked to follow.
+    pub fn followed(&self) -> Result<Vec<ProjectId>, StateStoreError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(FOLLOWED).map_err(read_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(read_err)? {
+            let (k, _) = entry.map_err(read_err)?;
+            if let Some(p) = project_of(k.value()) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Records waiting for the writer thread.
+pub type RecordJournal = std::sync::mpsc::Sender<(ProjectId, Vec<u8>)>;
+
+/// Records per write transaction, at most.
+const BATCH: usize = 1024;
+
+/// Starts the thread that writes new records to `store` in batches: it
+/// blocks for the first record, takes whatever else is queued, and commits
+/// them together. It stops when every sender is dropped.
+pub fn spawn_record_writer(store: std::sync::Arc<StateStore>) -> std::io::Result<RecordJournal> {
+    let (tx, rx) = std::sync::mpsc::channel::<(ProjectId, Vec<u8>)>();
+    std::thread::Builder::new()
+        .name("formic-state-writer".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = store.put_records(&batch) {
+                    // Not fatal: peers still hold these records and pull-sync
+                    // returns them after a restart.
+                    tracing::warn!(error = %e, records = batch.len(), "records not persisted");
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_held_reveals_and_follows_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STATE_FILE);
+        let a = ContentId::of(b"a");
+        let b = ContentId::of(b"b");
+        {
+            let store = StateStore::open(&path).expect("open");
+            store
+                .put_records(&[
+                    (a, b"r1".to_vec()),
+                    (b, b"r2".to_vec()),
+                    (a, b"r1".to_vec()),
+                ])
+                .expect("records");
+            store.put_held_reveal(&a, 7, b"reveal-7").expect("held");
+            store.put_held_reveal(&a, 9, b"reveal-9").expect("held");
+            store.put_held_reveal(&b, 1, b"other").expect("held");
+            store.remove_held_reveals(&[(a, 9)]).expect("remove");
+            store.follow(&b).expect("follow");
+        }
+        let store = StateStore::open(&path).expect("reopen");
+        let mut records = store.records().expect("records");
+        records.sort();
+        let mut expected = vec![(a, b"r1".to_vec()), (b, b"r2".to_vec())];
+        expected.sort();
+        assert_eq!(records, expected, "stored once each");
+        assert_eq!(
+            store.held_reveals(&a).expect("held"),
+            vec![b"reveal-7".to_vec()]
+        );
+        assert_eq!(
+            store.held_reveals(&b).expect("held"),
+            vec![b"other".to_vec()]
+        );
+        assert_eq!(store.followed().expect("followed"), vec![b]);
+    }
+
+    #[test]
+    fn a_garbage_file_is_a_clear_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, vec![0xA5u8; 64 * 1024]).expect("write");
+        let err = StateStore::open(&path).expect_err("garbage");
+        assert!(err.to_string().contains("state.redb"), "{err}");
+    }
+
+    #[test]
+    fn the_writer_thread_persists_what_it_is_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            std::sync::Arc::new(StateStore::open(&dir.path().join(STATE_FILE)).expect("open"));
+        let journal = spawn_record_writer(std::sync::Arc::clone(&store)).expect("thread");
+        let p = ContentId::of(b"p");
+        for i in 0..100u32 {
+            journal.send((p, i.to_le_bytes().to_vec())).expect("send");
+        }
+        drop(journal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.records().expect("records").len() < 100 {
+            assert!(std::time::Instant::now() < deadline, "records not written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
