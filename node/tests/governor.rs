@@ -65,6 +65,41 @@ fn user_activity_suspends_until_idle_after() {
 }
 
 #[test]
+fn idle_sources_combine_to_the_most_active_reading() {
+    use formic_node::governor::{IdleSource, MostActive, X11IdleSource, combine_idle};
+    let min = |s| Duration::from_secs(s);
+    // Input seen by any source (logind, X11) means the user is there.
+    assert_eq!(
+        combine_idle(&[UserIdle::IdleFor(min(600)), UserIdle::IdleFor(min(2))]),
+        UserIdle::IdleFor(min(2))
+    );
+    // A source that cannot tell does not mask one that can.
+    assert_eq!(
+        combine_idle(&[UserIdle::Unknown, UserIdle::IdleFor(min(30))]),
+        UserIdle::IdleFor(min(30))
+    );
+    assert_eq!(
+        combine_idle(&[UserIdle::NoSession, UserIdle::Unknown]),
+        UserIdle::NoSession
+    );
+    assert_eq!(
+        combine_idle(&[UserIdle::NoSession, UserIdle::IdleFor(min(0))]),
+        UserIdle::IdleFor(min(0))
+    );
+    assert_eq!(combine_idle(&[]), UserIdle::Unknown);
+    // Without an X display the X11 source stays out of the way; with one
+    // (e.g. `Xvfb :99` and DISPLAY=:99) it reports the server's idle time.
+    let mut x11 = MostActive(vec![Box::new(X11IdleSource::new())]);
+    let reading = x11.user_idle();
+    if std::env::var_os("DISPLAY").is_none() {
+        assert_eq!(reading, UserIdle::Unknown);
+    } else {
+        eprintln!("X11 reading: {reading:?}");
+        assert!(matches!(reading, UserIdle::IdleFor(_) | UserIdle::Unknown));
+    }
+}
+
+#[test]
 fn cpu_load_over_threshold_suspends() {
     let r = Readings {
         other_cpu_percent: Some(60.0),

@@ -37,8 +37,9 @@ use tokio::sync::watch;
 
 use crate::preferences::{AllowedHours, Preferences};
 pub use sources::{
-    Clock, CpuLoadSource, IdleSource, LogindIdleSource, ManualPause, ManualPauseSource,
-    PowerSource, PowerState, ProcCpuLoad, SysfsPower, SystemClock, UserIdle,
+    Clock, CpuLoadSource, IdleSource, LogindIdleSource, ManualPause, ManualPauseSource, MostActive,
+    PowerSource, PowerState, ProcCpuLoad, SysfsPower, SystemClock, UserIdle, X11IdleSource,
+    combine_idle,
 };
 pub use units::{RunningUnit, UnitGuard, UnitLabel, UnitSet, apply_decision, drive_units};
 
@@ -256,7 +257,10 @@ impl Sources {
     /// system clock, and `<data_dir>/paused` for manual pauses.
     pub fn linux(data_dir: &std::path::Path) -> Sources {
         Sources {
-            idle: Box::new(LogindIdleSource::new()),
+            idle: Box::new(MostActive(vec![
+                Box::new(LogindIdleSource::new()),
+                Box::new(X11IdleSource::new()),
+            ])),
             cpu: Box::new(ProcCpuLoad::new()),
             power: Box::new(SysfsPower::new()),
             clock: Box::new(SystemClock),

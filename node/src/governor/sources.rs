@@ -131,6 +131,109 @@ impl LogindIdleSource {
     }
 }
 
+/// Input idle time from the X server of `$DISPLAY`, through its MIT
+/// screensaver extension (`ms_since_user_input`), where one is present: it
+/// covers X11 desktops whose session manager never sets logind's idle hint.
+/// Without `$DISPLAY` it reports [`UserIdle::Unknown`] and never connects;
+/// with one, it connects lazily and retries at most every 30 s.
+pub struct X11IdleSource {
+    conn: Option<(x11rb::rust_connection::RustConnection, u32)>,
+    last_attempt: Option<Instant>,
+}
+
+impl Default for X11IdleSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl X11IdleSource {
+    pub fn new() -> Self {
+        X11IdleSource {
+            conn: None,
+            last_attempt: None,
+        }
+    }
+
+    fn connect() -> Result<(x11rb::rust_connection::RustConnection, u32), String> {
+        let (conn, screen) = x11rb::connect(None).map_err(|e| e.to_string())?;
+        let root = x11rb::connection::Connection::setup(&conn)
+            .roots
+            .get(screen)
+            .map(|s| s.root)
+            .ok_or("the X server has no such screen")?;
+        Ok((conn, root))
+    }
+}
+
+impl IdleSource for X11IdleSource {
+    fn user_idle(&mut self) -> UserIdle {
+        if std::env::var_os("DISPLAY").is_none() {
+            return UserIdle::Unknown;
+        }
+        if self.conn.is_none() {
+            if self
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < LOGIND_RETRY)
+            {
+                return UserIdle::Unknown;
+            }
+            self.last_attempt = Some(Instant::now());
+            match Self::connect() {
+                Ok(c) => self.conn = Some(c),
+                Err(error) => {
+                    tracing::debug!(%error, "no X server to ask for input idle time");
+                    return UserIdle::Unknown;
+                }
+            }
+        }
+        let Some((conn, root)) = &self.conn else {
+            return UserIdle::Unknown;
+        };
+        let reply = x11rb::protocol::screensaver::query_info(conn, *root)
+            .map_err(|e| e.to_string())
+            .and_then(|cookie| cookie.reply().map_err(|e| e.to_string()));
+        match reply {
+            Ok(info) => {
+                UserIdle::IdleFor(Duration::from_millis(u64::from(info.ms_since_user_input)))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the X server stopped answering; reconnecting later");
+                self.conn = None;
+                UserIdle::Unknown
+            }
+        }
+    }
+}
+
+/// Several idle sources read as one, trusting the most active: any input
+/// anywhere means the user is there. A source that cannot tell does not
+/// count; "no session" stands only when no source saw input.
+pub struct MostActive(pub Vec<Box<dyn IdleSource>>);
+
+impl IdleSource for MostActive {
+    fn user_idle(&mut self) -> UserIdle {
+        let readings: Vec<UserIdle> = self.0.iter_mut().map(|s| s.user_idle()).collect();
+        combine_idle(&readings)
+    }
+}
+
+/// See [`MostActive`].
+pub fn combine_idle(readings: &[UserIdle]) -> UserIdle {
+    let shortest = readings
+        .iter()
+        .filter_map(|r| match r {
+            UserIdle::IdleFor(d) => Some(*d),
+            _ => None,
+        })
+        .min();
+    match shortest {
+        Some(d) => UserIdle::IdleFor(d),
+        None if readings.contains(&UserIdle::NoSession) => UserIdle::NoSession,
+        None => UserIdle::Unknown,
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, the clock of logind's `*Monotonic`.
 fn monotonic_now_us() -> u64 {
     let mut ts = libc::timespec {
