@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use formic_work_units::{Sandbox, SandboxConfig};
+use formic_work_units::SandboxConfig;
 use libp2p::PeerId;
 
 use crate::computing::{self, ComputeConfig, ComputeHandle, Sabotage};
@@ -76,10 +76,9 @@ impl Session {
         let cache_dir = config.data_dir.join("wasm-cache");
         let api_status = config.api_status.clone();
         let mut node = network::start(config).await?;
-        let sandbox = Sandbox::new(SandboxConfig {
+        let sandbox = computing::LazySandbox::new(SandboxConfig {
             cache_dir: Some(cache_dir),
-        })
-        .map_err(|e| SessionError::Sandbox(e.to_string()))?;
+        });
         let events = node
             .take_events()
             .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);

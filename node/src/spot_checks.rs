@@ -10,14 +10,14 @@
 //! that counting alone cannot, such as a colluding pair answering every unit
 //! together against too few honest workers.
 //!
-//! Revealing ends their use as checks (anyone may copy a known answer), so
-//! the owner reveals when collecting, not before.
+//! Revealing ends their secrecy (workers then know which units are checks),
+//! so the owner reveals when collecting, not before.
 
 use std::path::{Path, PathBuf};
 
 use formic_protocol::messages::{Data, Gossip, ProjectId, SpotCheckKey, UnitRef};
 use formic_protocol::signed::SignError;
-use formic_protocol::{Signed, assignment};
+use formic_protocol::{ContentId, Signed, assignment};
 use formic_work_units::Sandbox;
 use libp2p::identity::Keypair;
 use rand::Rng;
@@ -111,7 +111,14 @@ pub fn plant(
     let mut answers = Vec::new();
     let mut failed = 0;
     for (done, index) in chosen.iter().enumerate() {
-        let Some(input) = usize::try_from(*index).ok().and_then(|i| inputs.get(i)) else {
+        // The batch's unit must carry exactly these bytes (build_project
+        // numbers units by position; anything else is not a check).
+        let spec = batch.units.iter().find(|u| u.index == *index);
+        let Some(input) = usize::try_from(*index)
+            .ok()
+            .and_then(|i| inputs.get(i))
+            .filter(|bytes| spec.is_some_and(|u| u.input.content_id() == ContentId::of(bytes)))
+        else {
             failed += 1;
             continue;
         };
@@ -170,9 +177,7 @@ pub fn save(
     std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
     for (n, key) in keys.iter().enumerate() {
         let path = dir.join(format!("{n}.cbor"));
-        let tmp = dir.join(format!(".{n}.cbor.tmp"));
-        std::fs::write(&tmp, key.to_bytes()?).map_err(write_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(write_err(&path))?;
+        crate::data_dir::write_atomic(&path, &key.to_bytes()?, true).map_err(write_err(&path))?;
     }
     Ok(dir)
 }

@@ -11,8 +11,10 @@
 //!   not yet opened. Nobody else holds them, so each is written (and
 //!   fsynced) *before* its commit is published: a published commit always
 //!   has its reveal on disk.
-//! - **Followed projects** (those asked for by `formic results` or the API),
-//!   which a volunteer following everything would not re-derive.
+//! - **Followed projects**: those a node was asked to follow through
+//!   `ComputeHandle::follow` (an observer that does not follow everything
+//!   would not re-derive them from records). A volunteer agent follows every
+//!   announced project, so today this only matters to embedders.
 //!
 //! Credibility is not stored: it is recomputed from the records by
 //! `validate()`. Units that were running when the process died are re-run
@@ -43,9 +45,7 @@ const FOLLOWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("followed")
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
-    #[error(
-        "cannot open the state store {path}: {reason} (is another `formic node` using this data dir?)"
-    )]
+    #[error("cannot open the state store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("cannot read the state store: {0}")]
     Read(String),
@@ -59,6 +59,20 @@ fn read_err(e: impl std::fmt::Display) -> StateStoreError {
 
 fn write_err(e: impl std::fmt::Display) -> StateStoreError {
     StateStoreError::Write(e.to_string())
+}
+
+/// Why opening failed: damage is recovered from, the rest is reported.
+enum OpenFailure {
+    Damaged(String),
+    Busy(String),
+}
+
+impl OpenFailure {
+    fn reason(self) -> String {
+        match self {
+            OpenFailure::Damaged(r) | OpenFailure::Busy(r) => r,
+        }
+    }
 }
 
 /// See the module docs.
@@ -95,14 +109,64 @@ fn project_of(key: &[u8]) -> Option<ProjectId> {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the store at `path`. redb checks the file
-    /// on open and recovers from an interrupted commit by itself.
+    /// Opens (creating if needed) the store at `path`. redb recovers from
+    /// an interrupted commit by itself. A file that is damaged otherwise
+    /// (a disk error, a stray write) is moved aside to
+    /// `state.redb.corrupt-<unix seconds>` and the node starts empty, with
+    /// a warning: everything in it but unpublished reveals comes back from
+    /// peers, and unfinished units are re-run. Two agents on one data dir
+    /// are still refused, by redb's file lock.
     pub fn open(path: &Path) -> Result<Self, StateStoreError> {
-        let open_err = |reason: String| StateStoreError::Open {
-            path: path.to_path_buf(),
-            reason,
+        match Self::open_checked(path) {
+            Err(OpenFailure::Damaged(reason)) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = path.with_extension(format!("redb.corrupt-{stamp}"));
+                std::fs::rename(path, &aside).map_err(|e| StateStoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("{reason}; and it cannot be moved aside: {e}"),
+                })?;
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason,
+                    "the state store was damaged; starting from an empty one (peers hold the records)");
+                Self::open_checked(path).map_err(|f| StateStoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: f.reason(),
+                })
+            }
+            Err(f) => Err(StateStoreError::Open {
+                path: path.to_path_buf(),
+                reason: f.reason(),
+            }),
+            Ok(s) => Ok(s),
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Self, OpenFailure> {
+        let mut db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenFailure::Busy(
+                    "another process has it open (is another `formic node` using this data dir?)"
+                        .into(),
+                ));
+            }
+            // Permissions, a full disk, a lock: reported, never moved aside.
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(OpenFailure::Busy(e.to_string()));
+            }
+            Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
         };
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // redb panics on some damaged pages when reading them; its own
+        // integrity check finds them first and reports an error instead.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("the state store was repaired on open"),
+            Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
+        }
+        let open_err = |e: String| OpenFailure::Damaged(e);
         // Create the tables once, so readers never meet a missing table.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         for table in [RECORDS, HELD_REVEALS, FOLLOWED] {
@@ -161,7 +225,28 @@ impl StateStore {
         txn.commit().map_err(write_err)
     }
 
-    /// Forgets held reveals once published (they are records from then on).
+    /// A held reveal was published: stores it as a record and forgets it as
+    /// held in one transaction, so no crash can leave it in neither place.
+    pub fn reveal_published(
+        &self,
+        project: &ProjectId,
+        index: u64,
+        record: &[u8],
+    ) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(write_err)?;
+            records
+                .insert(record_key(project, record).as_slice(), record)
+                .map_err(write_err)?;
+            let mut held = txn.open_table(HELD_REVEALS).map_err(write_err)?;
+            held.remove(unit_key(project, index).as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// Forgets held reveals (tests; see [`Self::reveal_published`]).
     pub fn remove_held_reveals(&self, units: &[(ProjectId, u64)]) -> Result<(), StateStoreError> {
         let txn = self.db.begin_write().map_err(write_err)?;
         {
@@ -294,12 +379,51 @@ mod tests {
     }
 
     #[test]
-    fn a_garbage_file_is_a_clear_error_not_a_panic() {
+    fn a_garbage_file_is_moved_aside_and_the_node_starts_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(STATE_FILE);
         std::fs::write(&path, vec![0xA5u8; 64 * 1024]).expect("write");
-        let err = StateStore::open(&path).expect_err("garbage");
-        assert!(err.to_string().contains("state.redb"), "{err}");
+        let store = StateStore::open(&path).expect("recovered");
+        assert!(store.records().expect("records").is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("corrupt-"));
+        assert!(aside, "the damaged file is kept for inspection");
+    }
+
+    #[test]
+    fn flipped_bytes_in_a_real_store_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.redb");
+        {
+            let store = StateStore::open(&good).expect("open");
+            let p = ContentId::of(b"p");
+            let batch: Vec<_> = (0..2000u32)
+                .map(|i| (p, i.to_le_bytes().repeat(20)))
+                .collect();
+            store.put_records(&batch).expect("records");
+            store.put_held_reveal(&p, 1, b"held").expect("held");
+        }
+        let bytes = std::fs::read(&good).expect("read");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for round in 0..60 {
+            let mut damaged = bytes.clone();
+            for _ in 0..8 {
+                let i = rng.gen_range(0..damaged.len());
+                damaged[i] ^= 1 << rng.gen_range(0..8);
+            }
+            let path = dir.path().join(format!("damaged-{round}.redb"));
+            std::fs::write(&path, &damaged).expect("write");
+            // Whatever opens must read without panicking; what cannot
+            // open is an error or a fresh store.
+            if let Ok(store) = StateStore::open(&path) {
+                let _ = store.records();
+                let _ = store.held_reveals(&ContentId::of(b"p"));
+                let _ = store.followed();
+            }
+        }
     }
 
     #[test]

@@ -554,6 +554,22 @@ impl ProjectState {
         fresh
     }
 
+    /// Whether `me` has committed to unit `index`.
+    pub fn committed_by(&self, me: &SignerKey, index: u64) -> bool {
+        self.units
+            .get(&index)
+            .is_some_and(|r| r.commits.contains_key(me))
+    }
+
+    /// Whether unit `index` is one [`Self::unfinished_by`] would list.
+    pub fn is_unfinished_by(&self, me: &SignerKey, index: u64, now_ms: u64) -> bool {
+        self.units.get(&index).is_some_and(|r| {
+            !r.reveals.contains_key(me)
+                && (r.commits.contains_key(me)
+                    || r.claim_expiry.get(me).is_some_and(|exp| *exp > now_ms))
+        })
+    }
+
     /// The units `me` left unfinished: committed to but not revealed
     /// (always: the commit is public and only its reveal completes the
     /// result), or claimed with a lease still running at `now_ms` and not
@@ -561,13 +577,8 @@ impl ProjectState {
     /// is deterministic, so a re-run yields the same result and seal.
     pub fn unfinished_by(&self, me: &SignerKey, now_ms: u64) -> Vec<WorkOrder> {
         let mut out = Vec::new();
-        for (index, r) in &self.units {
-            if r.reveals.contains_key(me) {
-                continue;
-            }
-            let committed = r.commits.contains_key(me);
-            let live_claim = r.claim_expiry.get(me).is_some_and(|exp| *exp > now_ms);
-            if !(committed || live_claim) {
+        for index in self.units.keys() {
+            if !self.is_unfinished_by(me, *index, now_ms) {
                 continue;
             }
             let Some((_, spec)) = self.specs.get(index) else {

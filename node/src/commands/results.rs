@@ -72,7 +72,11 @@ pub fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<ExitCode> {
         // The owner collecting: reveal the planted spot checks first, so
         // every peer can judge workers against them (revealing ends their
         // use as checks, which is why it waits until now).
-        let keys = spot_checks::load(&data_dir, project).context("reading planted spot checks")?;
+        // A damaged answers file must not stop collecting: warn, go on.
+        let keys = spot_checks::load(&data_dir, project).unwrap_or_else(|e| {
+            eprintln!("warning: spot checks not revealed: {e}");
+            Vec::new()
+        });
         if !keys.is_empty() {
             session.wait_for_peers(1, Duration::from_secs(20)).await;
             let n = spot_checks::reveal(&session.client(), &keys)

@@ -19,7 +19,7 @@ use formic_protocol::messages::{
 use formic_protocol::project::{Applied, ProjectState, WorkOrder};
 use formic_protocol::validation::Verdict;
 use formic_protocol::{Signed, SignerKey};
-use formic_work_units::{App, ENGINE_VERSION, Sandbox, SandboxLimits};
+use formic_work_units::{App, ENGINE_VERSION, Sandbox, SandboxConfig, SandboxLimits};
 use libp2p::identity::Keypair;
 use rand::Rng;
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub struct ComputeConfig {
     /// The worker identity (the node's network key, so commits are signed
     /// by the peer that gossips them).
     pub keypair: Keypair,
-    pub sandbox: Arc<Sandbox>,
+    pub sandbox: Arc<LazySandbox>,
     /// Units computed at once. 0 makes the node an observer that follows
     /// projects without computing (owners, collectors).
     pub slots: usize,
@@ -68,6 +68,32 @@ impl std::fmt::Debug for ComputeConfig {
             .field("probation", &self.probation)
             .field("sabotage", &self.sabotage)
             .finish()
+    }
+}
+
+/// The sandbox, created when the first project's app is compiled: its
+/// wasmtime engine costs about 1.5 MB of resident memory, which an idle
+/// agent with nothing to compute should not pay (goal: 25 MB in all).
+pub struct LazySandbox {
+    config: SandboxConfig,
+    sandbox: std::sync::OnceLock<Result<Sandbox, String>>,
+}
+
+impl LazySandbox {
+    pub fn new(config: SandboxConfig) -> Self {
+        Self {
+            config,
+            sandbox: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The sandbox, creating it on first use (blocking: call it off the
+    /// async threads). A failure is remembered and reported each time.
+    pub fn get(&self) -> Result<&Sandbox, String> {
+        self.sandbox
+            .get_or_init(|| Sandbox::new(self.config.clone()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| format!("cannot start the sandbox: {e}"))
     }
 }
 
@@ -215,6 +241,9 @@ struct LoadRetry {
 /// First and longest wait before fetching a project's blobs again.
 const LOAD_RETRY_FIRST: Duration = Duration::from_secs(2);
 const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
+/// Fetch attempts before a project is given up (about 40 minutes in all);
+/// a new announcement of it starts over.
+const LOAD_RETRY_ATTEMPTS: u32 = 12;
 
 struct JobDone {
     project: ProjectId,
@@ -348,12 +377,13 @@ impl Worker {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot read followed projects"),
             Err(e) => tracing::warn!(error = %e, "cannot read followed projects"),
         }
-        for project in self.client.projects().await.unwrap_or_default() {
-            if self.wanted.contains(&project)
-                && let Err(e) = self.client.subscribe(Topic::Project(project)).await
-            {
+        let wanted: Vec<ProjectId> = self.wanted.iter().copied().collect();
+        for project in wanted {
+            if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
                 tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
             }
+        }
+        for project in self.client.projects().await.unwrap_or_default() {
             for r in self.client.records(project).await.unwrap_or_default() {
                 if matches!(r, Gossip::Announce(_)) {
                     self.on_record(project, r).await;
@@ -382,6 +412,7 @@ impl Worker {
             return;
         };
         let mut held_units = HashSet::new();
+        let mut commits = Vec::new();
         for bytes in held {
             let Ok(reveal) = Signed::<Reveal>::from_bytes(&bytes) else {
                 continue;
@@ -391,9 +422,38 @@ impl Worker {
                 continue;
             }
             let Ok(r) = reveal.verify() else { continue };
-            if r.unit.project == project && held_units.insert(r.unit.index) {
-                f.held.push((r.unit, reveal));
+            if r.unit.project != project || !held_units.insert(r.unit.index) {
+                continue;
             }
+            // Its output blob was pinned by the process that made it; pins
+            // do not survive a restart.
+            if let Data::Blob(b) = &r.output {
+                self.client.blob_store().pin(b.id);
+            }
+            // Killed between storing the reveal and publishing its commit:
+            // the commit is rebuilt (signing is deterministic, so it is the
+            // same record) and published now, or the reveal could never be
+            // opened.
+            if !f.state.committed_by(&me, r.unit.index) {
+                match f.state.commit(
+                    &self.config.keypair,
+                    r.unit,
+                    r.output.clone(),
+                    r.fuel_used,
+                    &r.engine,
+                ) {
+                    Ok((commit, _)) => {
+                        let g = Gossip::Commit(commit);
+                        let _ = f.state.apply(&g);
+                        commits.push(g);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot sign a commit");
+                        continue;
+                    }
+                }
+            }
+            f.held.push((r.unit, reveal));
         }
         f.resume = f
             .state
@@ -403,7 +463,12 @@ impl Worker {
             .collect();
         if !f.held.is_empty() || !f.resume.is_empty() {
             tracing::info!(project = %project.short(), held_reveals = f.held.len(), rerun = f.resume.len(),
-                "resuming work left unfinished before a restart");
+                republished_commits = commits.len(), "resuming work left unfinished before a restart");
+        }
+        for g in commits {
+            if let Err(e) = self.client.publish(Topic::Project(project), g).await {
+                tracing::debug!(error = %e, "commit not published");
+            }
         }
     }
 
@@ -457,6 +522,7 @@ impl Worker {
                         && !f.busy.contains(&unit.index)
                         && !f.held.iter().any(|(u, _)| *u == unit)
                         && !f.resume.iter().any(|o| o.unit == unit)
+                        && f.state.is_unfinished_by(&self.me, unit.index, now_ms())
                         && let Some(order) = f
                             .state
                             .unfinished_by(&self.me, now_ms())
@@ -521,7 +587,12 @@ impl Worker {
                 self.retries.remove(&project);
                 x
             }
-            Err(e @ LoadError::Fetch { .. }) => {
+            Err(e @ LoadError::Fetch { .. })
+                if self
+                    .retries
+                    .get(&project)
+                    .is_none_or(|r| r.attempt < LOAD_RETRY_ATTEMPTS) =>
+            {
                 let attempt = self.retries.get(&project).map_or(0, |r| r.attempt + 1);
                 let wait = LOAD_RETRY_FIRST
                     .saturating_mul(1 << attempt.min(16))
@@ -618,6 +689,10 @@ impl Worker {
                 // Unfinished work from before a restart first: its claim or
                 // commit is already public.
                 if let Some(order) = f.resume.pop() {
+                    // Its reveal may have come back by sync meanwhile.
+                    if !f.state.is_unfinished_by(&self.me, order.unit.index, now) {
+                        continue;
+                    }
                     f.busy.insert(order.unit.index);
                     self.running += 1;
                     let limits = limits_of(f.state.manifest());
@@ -693,7 +768,10 @@ impl Worker {
                     let _guard = governed
                         .as_ref()
                         .map(|u| u.register_unit(control.clone(), label));
-                    sandbox.run(&app, &input, seed, &limits, Some(&control))
+                    sandbox
+                        .get()?
+                        .run(&app, &input, seed, &limits, Some(&control))
+                        .map_err(|e| e.to_string())
                 };
                 let outcome = match pool {
                     Some(pool) => pool
@@ -706,9 +784,7 @@ impl Worker {
                         .await
                         .map_err(|e| format!("the unit's thread failed: {e}"))?,
                 };
-                outcome
-                    .map(|o| (o.output, o.fuel_used))
-                    .map_err(|e| e.to_string())
+                outcome.map(|o| (o.output, o.fuel_used))
             }
             .await;
             let _ = tx
@@ -768,14 +844,20 @@ impl Worker {
                     && let Ok(bytes) = reveal.to_bytes()
                 {
                     let (project, index) = (done.project, done.unit.index);
-                    match tokio::task::spawn_blocking(move || {
+                    let stored = tokio::task::spawn_blocking(move || {
                         state.put_held_reveal(&project, index, &bytes)
                     })
-                    .await
+                    .await;
+                    if let Err(e) = stored
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
                     {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "reveal not persisted"),
-                        Err(e) => tracing::warn!(error = %e, "reveal not persisted"),
+                        // Publishing a commit whose reveal could be lost would
+                        // break the promise above: drop the result instead
+                        // (the claim lapses and the unit goes to others).
+                        tracing::warn!(project = %project.short(), unit = index, error = %e,
+                            "result dropped: its reveal could not be stored");
+                        return;
                     }
                 }
                 let Some(f) = self.projects.get_mut(&done.project) else {
@@ -802,7 +884,9 @@ impl Worker {
         for (id, f) in self.projects.iter_mut() {
             let held = std::mem::take(&mut f.held);
             for (unit, r) in held {
-                if f.state.may_reveal(&unit) {
+                // Never a reveal without this node's own commit before it
+                // (one is re-published on restart if it was lost).
+                if f.state.may_reveal(&unit) && f.state.committed_by(&r.signer(), unit.index) {
                     let g = Gossip::Reveal(r);
                     let _ = f.state.apply(&g);
                     to_publish.push((*id, g));
@@ -813,21 +897,31 @@ impl Worker {
         }
         let mut published = Vec::new();
         for (id, g) in to_publish {
-            let unit = match &g {
-                Gossip::Reveal(r) => r.verify().ok().map(|r| r.unit.index),
+            let record = match &g {
+                Gossip::Reveal(r) => r
+                    .verify()
+                    .ok()
+                    .and_then(|v| g.to_bytes().ok().map(|b| (id, v.unit.index, b))),
                 _ => None,
             };
             match self.client.publish(Topic::Project(id), g).await {
-                Ok(_) => published.extend(unit.map(|u| (id, u))),
+                Ok(_) => published.extend(record),
                 Err(e) => tracing::debug!(error = %e, "reveal not published"),
             }
         }
-        // Published reveals are records now (journaled with the rest).
+        // A published reveal becomes a stored record and stops being held
+        // in one transaction: no crash leaves it in neither place.
         if !published.is_empty()
             && let Some(state) = self.client.state_store().cloned()
         {
-            let _ =
-                tokio::task::spawn_blocking(move || state.remove_held_reveals(&published)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                for (project, index, bytes) in published {
+                    if let Err(e) = state.reveal_published(&project, index, &bytes) {
+                        tracing::warn!(error = %e, "published reveal not persisted");
+                    }
+                }
+            })
+            .await;
         }
     }
 
@@ -884,17 +978,21 @@ pub fn limits_of(m: &ProjectManifest) -> SandboxLimits {
 async fn load(
     client: &NetworkClient,
     announce: &Announce,
-    sandbox: &Arc<Sandbox>,
+    sandbox: &Arc<LazySandbox>,
     compute: bool,
 ) -> Result<LoadedParts, LoadError> {
     let fetch = |what: &'static str, e: crate::network::FetchError| LoadError::Fetch {
         what,
         reason: e.to_string(),
     };
+    // Every blob of a followed project is pinned: the disk quota evicts
+    // only what the node does not need (pins last while the process runs).
+    let pin = |id| client.blob_store().pin(id);
     let bytes = client
         .fetch_blob(announce.manifest)
         .await
         .map_err(|e| fetch("manifest", e))?;
+    pin(announce.manifest.id);
     let manifest =
         Signed::<ProjectManifest>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
             what: "manifest",
@@ -913,6 +1011,7 @@ async fn load(
         .fetch_blob(announce.batch)
         .await
         .map_err(|e| fetch("batch", e))?;
+    pin(announce.batch.id);
     let batch = Signed::<Batch>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
         what: "batch",
         reason: e.to_string(),
@@ -923,6 +1022,7 @@ async fn load(
         for u in b.units {
             if let Data::Blob(r) = u.input {
                 client.fetch_blob(r).await.map_err(|e| fetch("input", e))?;
+                pin(r.id);
             }
         }
     }
@@ -931,11 +1031,14 @@ async fn load(
             .fetch_blob(m.app)
             .await
             .map_err(|e| fetch("app", e))?;
+        pin(m.app.id);
         let sandbox = Arc::clone(sandbox);
-        let app = tokio::task::spawn_blocking(move || sandbox.compile(&wasm))
-            .await
-            .map_err(|e| LoadError::Compile(e.to_string()))?
-            .map_err(|e| LoadError::Compile(e.to_string()))?;
+        let app = tokio::task::spawn_blocking(move || {
+            sandbox.get()?.compile(&wasm).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| LoadError::Compile(e.to_string()))?
+        .map_err(LoadError::Compile)?;
         Some(Arc::new(app))
     } else {
         None

@@ -398,8 +398,10 @@ impl NetworkClient {
         let raw = self
             .ask(|reply| Command::Records { project, reply })
             .await?;
-        // The store holds only records that decoded and verified on the way
-        // in, so a failure here cannot happen; skipping is the safe answer.
+        // The store holds records that decoded and verified on the way in
+        // (or were restored from this node's own state store); anything
+        // that no longer decodes is skipped, and ProjectState verifies
+        // every record again when applying it.
         Ok(raw
             .iter()
             .filter_map(|b| Gossip::from_bytes(b).ok())

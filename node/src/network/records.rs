@@ -3,8 +3,9 @@
 //!
 //! Records are deduplicated by the blake3 of their bytes and kept in arrival
 //! order per project, so a sync cursor is simply a position in that order.
-//! It lives in memory for now behind this small type so that persisting it
-//! later changes nothing for its users. It is bounded: a project keeps at
+//! It lives in memory; a node that keeps state (`formic node`) gives it a
+//! journal, and every new record is also written to the crash-safe state
+//! store (state_store.rs), from which it is filled again at start. It is bounded: a project keeps at
 //! most `max_per_project` records and the store at most `max_projects`
 //! projects; beyond that new records are refused (and logged), never
 //! allowed to grow memory without limit.

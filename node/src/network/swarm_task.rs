@@ -126,8 +126,6 @@ struct Task {
     ticks: u64,
 }
 
-/// Builds the swarm, starts listening and dialing, and spawns the task.
-/// Returns once every listener has an address.
 /// The record store, filled from the state store when the node keeps one
 /// (records held before a restart serve pull-sync at once), and journaling
 /// every new record to it.
@@ -148,6 +146,8 @@ fn open_records(config: &NodeConfig) -> Result<RecordStore, StartError> {
     Ok(records)
 }
 
+/// Builds the swarm, starts listening and dialing, and spawns the task.
+/// Returns once every listener has an address.
 pub(crate) async fn spawn(
     config: &NodeConfig,
     keypair: Keypair,
@@ -634,16 +634,25 @@ impl Task {
                 if self.bootstrap_peers.contains(&peer_id) {
                     self.bootstrap();
                 }
-                // A peer dialled us directly: we are reachable, at least from
-                // its network, so serve the DHT. Waiting for AutoNAT alone
-                // left a network's first node (everyone's bootstrap peer) in
-                // client mode for good, answering no Kademlia queries: peers
-                // could not find each other or any provider through it.
-                if let libp2p::core::ConnectedPoint::Listener { local_addr, .. } = &endpoint
+                // A peer dialled us directly: we are reachable from its
+                // network, so serve the DHT. Waiting for AutoNAT alone left
+                // a network's first node (everyone's bootstrap peer) in
+                // client mode for good, answering no Kademlia queries:
+                // peers could not find each other or any provider through
+                // it. Only a dial from a public address counts, or any
+                // dial when this node listens on loopback alone (tests, one
+                // machine): a volunteer behind NAT dialled by a LAN peer
+                // must not advertise private addresses to the world (a
+                // LAN-only network names its bootstrap node `--kad-server`).
+                if let libp2p::core::ConnectedPoint::Listener {
+                    local_addr,
+                    send_back_addr,
+                } = &endpoint
+                    && self.swarm.behaviour().kad.mode() == kad::Mode::Client
                     && !local_addr
                         .iter()
                         .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
-                    && self.swarm.behaviour().kad.mode() == kad::Mode::Client
+                    && (is_public(send_back_addr) || self.swarm.listeners().all(is_loopback))
                 {
                     tracing::info!(peer = %peer_id, address = %local_addr, "serving the DHT: a peer reached this node directly");
                     self.swarm
@@ -1313,5 +1322,74 @@ fn read_blob(store: &BlobStore, request: BlobRequest, corrupt: bool) -> BlobResp
             tracing::warn!(error = %e, "cannot serve blob");
             BlobResponse::NotFound
         }
+    }
+}
+
+/// Whether `addr` is an IP address reachable from the public internet (not
+/// loopback, private, shared or link-local).
+fn is_public(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                // 100.64.0.0/10, carrier-grade NAT.
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        Protocol::Ip6(ip) => {
+            let first = ip.segments()[0];
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                // fc00::/7 unique local, fe80::/10 link-local.
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+        _ => false,
+    })
+}
+
+/// Whether `addr` is a loopback IP address.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod address_scope_tests {
+    use super::*;
+
+    #[test]
+    fn only_internet_addresses_are_public() {
+        let public = |s: &str| is_public(&s.parse::<Multiaddr>().expect("multiaddr"));
+        assert!(public("/ip4/203.0.113.9/tcp/4001"));
+        assert!(public("/ip6/2001:db8::1/udp/4001/quic-v1"));
+        for private in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/192.168.1.5/tcp/1",
+            "/ip4/172.20.0.1/tcp/1",
+            "/ip4/100.100.0.1/tcp/1",
+            "/ip4/169.254.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/dns4/example.org/tcp/1",
+        ] {
+            assert!(!public(private), "{private}");
+        }
+        assert!(is_loopback(
+            &"/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr")
+        ));
+        assert!(!is_loopback(
+            &"/ip4/0.0.0.0/tcp/1".parse().expect("multiaddr")
+        ));
     }
 }
