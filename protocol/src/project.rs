@@ -286,17 +286,19 @@ impl ProjectState {
                 recs.seals.insert(w, c.seal);
                 // A reveal that arrived first becomes evidence now, if the
                 // commit's seal matches it.
-                if let Some(r) = recs.opened.get(&w)
-                    && seal(&r.result_hash, &w, &r.unit) == c.seal
-                {
-                    self.evidence.add_reveal(RevealEvidence {
+                let opened = recs
+                    .opened
+                    .get(&w)
+                    .filter(|r| seal(&r.result_hash, &w, &r.unit) == c.seal)
+                    .map(|r| RevealEvidence {
                         worker: w,
                         unit: r.unit,
                         result_hash: r.result_hash,
                         fuel_used: r.fuel_used,
                     });
+                if let Some(r) = opened {
+                    self.add_evidence(r);
                 }
-                self.outcome = None;
                 Ok(Applied::New)
             }
             Gossip::Reveal(s) => {
@@ -318,16 +320,16 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 recs.reveals.insert(w, s.clone());
-                if committed {
-                    self.evidence.add_reveal(RevealEvidence {
-                        worker: w,
-                        unit: r.unit,
-                        result_hash: r.result_hash,
-                        fuel_used: r.fuel_used,
-                    });
-                }
+                let evidence = RevealEvidence {
+                    worker: w,
+                    unit: r.unit,
+                    result_hash: r.result_hash,
+                    fuel_used: r.fuel_used,
+                };
                 recs.opened.insert(w, r);
-                self.outcome = None;
+                if committed {
+                    self.add_evidence(evidence);
+                }
                 Ok(Applied::New)
             }
             Gossip::SpotCheckKey(s) => {
@@ -401,6 +403,29 @@ impl ProjectState {
         }
         // Just set above when missing.
         self.outcome.get_or_insert_with(Outcome::default)
+    }
+
+    /// Adds a verified, committed reveal to the evidence and keeps the cached
+    /// outcome current: decided for its unit alone when validation allows
+    /// it ([`validation::revalidate_unit`]), otherwise recomputed in full at
+    /// the next read. Deciding every unit again after each reveal made a
+    /// project's validation cost grow with the square of its size.
+    fn add_evidence(&mut self, r: RevealEvidence) {
+        let unit = r.unit;
+        let before = self
+            .outcome
+            .as_ref()
+            .map(|o| crate::validation::unit_credit(&self.evidence, o, &unit));
+        self.evidence.add_reveal(r);
+        let kept = match (self.outcome.as_mut(), before) {
+            (Some(o), Some(before)) => {
+                crate::validation::revalidate_unit(&self.evidence, &self.policy, o, &unit, &before)
+            }
+            _ => false,
+        };
+        if !kept {
+            self.outcome = None;
+        }
     }
 
     /// Whether every unit received so far is validated with an output to

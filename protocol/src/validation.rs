@@ -370,61 +370,15 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
         let mut new_faults: Vec<(usize, Fault)> = Vec::new();
 
         for u in &units {
-            let g = groups(u, &faulty);
-            let have: usize = g.iter().map(|(_, ws)| ws.len()).sum();
-            let verdict = if let Some(known) = u.known {
-                // A spot check: its answer is known; the agreeing workers
-                // are recorded (their standing already counts it).
-                Verdict::Validated {
-                    result_hash: known,
-                    workers: g
-                        .iter()
-                        .find(|(h, _)| *h == known)
-                        .map(|(_, ws)| to_keys(ws))
-                        .unwrap_or_default(),
-                }
-            } else if g.len() <= 1 {
-                match g.first() {
-                    None => Verdict::Pending {
-                        need: Need::MoreReplicas,
-                        have,
-                    },
-                    Some((_, ws)) if ws.len() < quorum => Verdict::Pending {
-                        need: Need::MoreReplicas,
-                        have,
-                    },
-                    Some((_, ws)) if !ws.iter().any(|w| veteran(*w)) => Verdict::Pending {
-                        need: Need::VeteranReplica,
-                        have,
-                    },
-                    Some((hash, ws)) => Verdict::Validated {
-                        result_hash: *hash,
-                        workers: to_keys(ws),
-                    },
-                }
-            } else {
-                match settle_dispute(&g, &veteran, quorum, margin) {
-                    Some(winner) => {
-                        for (hash, ws) in &g {
-                            if *hash != winner {
-                                new_faults.extend(ws.iter().map(|w| (*w, Fault::Outvoted(u.unit))));
-                            }
-                        }
-                        Verdict::Validated {
-                            result_hash: winner,
-                            workers: g
-                                .iter()
-                                .find(|(h, _)| *h == winner)
-                                .map(|(_, ws)| to_keys(ws))
-                                .unwrap_or_default(),
-                        }
-                    }
-                    None => Verdict::Pending {
-                        need: Need::DisputeReplicas,
-                        have,
-                    },
-                }
-            };
+            let verdict = judge(
+                u,
+                &faulty,
+                &veteran,
+                quorum,
+                margin,
+                &to_keys,
+                &mut new_faults,
+            );
             verdicts.insert(u.unit, verdict);
         }
 
@@ -457,6 +411,74 @@ pub fn validate(evidence: &Evidence, policy: &ValidationPolicy) -> Outcome {
     }
 }
 
+/// One unit's verdict under the current faults; a dispute that settles
+/// adds its losers to `new_faults`.
+fn judge(
+    u: &InternedUnit,
+    faulty: &[Option<Fault>],
+    veteran: &impl Fn(usize) -> bool,
+    quorum: usize,
+    margin: usize,
+    to_keys: &impl Fn(&[usize]) -> Vec<SignerKey>,
+    new_faults: &mut Vec<(usize, Fault)>,
+) -> Verdict {
+    let g = groups(u, faulty);
+    let have: usize = g.iter().map(|(_, ws)| ws.len()).sum();
+    if let Some(known) = u.known {
+        // A spot check: its answer is known; the agreeing workers
+        // are recorded (their standing already counts it).
+        Verdict::Validated {
+            result_hash: known,
+            workers: g
+                .iter()
+                .find(|(h, _)| *h == known)
+                .map(|(_, ws)| to_keys(ws))
+                .unwrap_or_default(),
+        }
+    } else if g.len() <= 1 {
+        match g.first() {
+            None => Verdict::Pending {
+                need: Need::MoreReplicas,
+                have,
+            },
+            Some((_, ws)) if ws.len() < quorum => Verdict::Pending {
+                need: Need::MoreReplicas,
+                have,
+            },
+            Some((_, ws)) if !ws.iter().any(|w| veteran(*w)) => Verdict::Pending {
+                need: Need::VeteranReplica,
+                have,
+            },
+            Some((hash, ws)) => Verdict::Validated {
+                result_hash: *hash,
+                workers: to_keys(ws),
+            },
+        }
+    } else {
+        match settle_dispute(&g, veteran, quorum, margin) {
+            Some(winner) => {
+                for (hash, ws) in &g {
+                    if *hash != winner {
+                        new_faults.extend(ws.iter().map(|w| (*w, Fault::Outvoted(u.unit))));
+                    }
+                }
+                Verdict::Validated {
+                    result_hash: winner,
+                    workers: g
+                        .iter()
+                        .find(|(h, _)| *h == winner)
+                        .map(|(_, ws)| to_keys(ws))
+                        .unwrap_or_default(),
+                }
+            }
+            None => Verdict::Pending {
+                need: Need::DisputeReplicas,
+                have,
+            },
+        }
+    }
+}
+
 /// The winning result of a dispute, if one side clearly wins.
 fn settle_dispute(
     g: &[(ContentId, Vec<usize>)],
@@ -483,17 +505,8 @@ fn settle_dispute(
 fn standing(units: &[InternedUnit], prior: &[u32], faulty: &[Option<Fault>]) -> Vec<u32> {
     let mut s = prior.to_vec();
     for u in units {
-        let g = groups(u, faulty);
-        let credited: &[usize] = match (u.known, g.as_slice()) {
-            (Some(known), _) => g
-                .iter()
-                .find(|(h, _)| *h == known)
-                .map_or(&[], |(_, ws)| ws.as_slice()),
-            (None, [(_, ws)]) if ws.len() >= 2 => ws.as_slice(),
-            _ => &[],
-        };
-        for w in credited {
-            s[*w] += 1;
+        for w in credited(u, faulty) {
+            s[w] += 1;
         }
     }
     for (n, f) in s.iter_mut().zip(faulty) {
@@ -502,4 +515,133 @@ fn standing(units: &[InternedUnit], prior: &[u32], faulty: &[Option<Fault>]) -> 
         }
     }
     s
+}
+
+/// The workers one unit credits with a corroborated result: those agreeing
+/// with its known answer, or every worker when all non-faulty results agree
+/// and there are at least two.
+fn credited(u: &InternedUnit, faulty: &[Option<Fault>]) -> Vec<usize> {
+    let g = groups(u, faulty);
+    match (u.known, g.as_slice()) {
+        (Some(known), _) => g
+            .iter()
+            .find(|(h, _)| *h == known)
+            .map_or_else(Vec::new, |(_, ws)| ws.clone()),
+        (None, [(_, ws)]) if ws.len() >= 2 => ws.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// `unit` alone, interned against its own workers (in key order), with
+/// their faults from `outcome`.
+fn intern_one(
+    evidence: &Evidence,
+    outcome: &Outcome,
+    unit: &UnitRef,
+) -> (InternedUnit, Vec<SignerKey>, Vec<Option<Fault>>) {
+    let per_unit = evidence.reveals.get(unit);
+    let keys: Vec<SignerKey> = per_unit.map_or_else(Vec::new, |m| m.keys().copied().collect());
+    let reveals = per_unit.map_or_else(Vec::new, |m| {
+        m.values()
+            .enumerate()
+            .map(|(i, r)| (i, r.result_hash))
+            .collect()
+    });
+    let faulty = keys
+        .iter()
+        .map(|k| outcome.faulty.get(k).copied())
+        .collect();
+    let u = InternedUnit {
+        unit: *unit,
+        known: evidence.known.get(unit).copied(),
+        reveals,
+    };
+    (u, keys, faulty)
+}
+
+/// The workers `unit` credits with standing under `outcome`'s faults: take
+/// it before adding a reveal for the unit, for [`revalidate_unit`].
+pub fn unit_credit(evidence: &Evidence, outcome: &Outcome, unit: &UnitRef) -> Vec<SignerKey> {
+    let (u, keys, faulty) = intern_one(evidence, outcome, unit);
+    credited(&u, &faulty).into_iter().map(|w| keys[w]).collect()
+}
+
+/// Updates `outcome` in place after one more reveal for `unit`, deciding
+/// that unit alone, when that is all that can change; `credit_before` is
+/// [`unit_credit`] from before the reveal was added. Returns false, leaving
+/// `outcome` as it was, when a full [`validate`] is needed: with probation
+/// (standing then decides other units' verdicts), or when the new evidence
+/// proves a new fault (an equivocation, a contradicted spot check, a
+/// dispute that settles), which backtracks through other units.
+///
+/// Why that is exact: the fixpoint's faults only grow, round by round.
+/// When none of this unit's workers was outvoted anywhere (the only faults
+/// found in later rounds) and its new verdict proves nobody faulty, the unit
+/// looked the same in every round and added no fault in any, so every
+/// round, and the final outcome, is what `validate()` on the whole evidence
+/// gives (a property test checks it). It costs one unit's work instead of
+/// every unit's.
+pub fn revalidate_unit(
+    evidence: &Evidence,
+    policy: &ValidationPolicy,
+    outcome: &mut Outcome,
+    unit: &UnitRef,
+    credit_before: &[SignerKey],
+) -> bool {
+    if policy.probation > 0
+        || evidence
+            .equivocations
+            .iter()
+            .any(|(k, u)| outcome.faulty.get(k) != Some(&Fault::Equivocated(*u)))
+    {
+        return false;
+    }
+    let (u, keys, faulty) = intern_one(evidence, outcome, unit);
+    // A worker outvoted elsewhere still voted on this unit in the early
+    // rounds of the fixpoint, before its fault was found, and may have
+    // settled a dispute here then; so may a contradicted answer change
+    // which spot check a worker is recorded as failing. Only the full
+    // fixpoint reproduces those.
+    if u.reveals
+        .iter()
+        .any(|(w, _)| matches!(faulty[*w], Some(Fault::Outvoted(_))))
+        || u.known
+            .is_some_and(|known| u.reveals.iter().any(|(_, r)| *r != known))
+    {
+        return false;
+    }
+    let quorum = usize::from(policy.quorum.max(1));
+    let margin = usize::from(policy.dispute_margin.max(1));
+    let to_keys = |ws: &[usize]| ws.iter().map(|w| keys[*w]).collect::<Vec<_>>();
+    let mut new_faults = Vec::new();
+    // Without probation everyone is a veteran (standing >= 0).
+    let verdict = judge(
+        &u,
+        &faulty,
+        &|_| true,
+        quorum,
+        margin,
+        &to_keys,
+        &mut new_faults,
+    );
+    if !new_faults.is_empty() {
+        return false;
+    }
+    if u.reveals.is_empty() {
+        outcome.verdicts.remove(unit);
+    } else {
+        outcome.verdicts.insert(*unit, verdict);
+    }
+    for w in credit_before {
+        if let Some(n) = outcome.standing.get_mut(w) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                outcome.standing.remove(w);
+            }
+        }
+    }
+    for w in credited(&u, &faulty) {
+        *outcome.standing.entry(keys[w]).or_default() += 1;
+    }
+    true
 }

@@ -163,6 +163,7 @@ fn honest_workers_validate_every_unit_with_quorum_two() {
             assert_eq!(output, Data::Inline(expected));
             assert!(agreeing.len() >= 2);
         }
+        same_as_a_full_validation(&mut w.state, 2);
     }
 }
 
@@ -187,6 +188,20 @@ fn a_saboteur_is_outvoted_proven_faulty_and_never_accepted() {
         state.outcome().faulty.contains_key(&bad),
         "the saboteur is proven faulty"
     );
+    same_as_a_full_validation(state, 2);
+}
+
+/// The state's outcome, kept up to date one reveal at a time, equals
+/// validating all its evidence at once.
+fn same_as_a_full_validation(state: &mut ProjectState, quorum: u16) {
+    let full = formic_protocol::validation::validate(
+        state.evidence(),
+        &formic_protocol::validation::ValidationPolicy::quorum(quorum),
+    );
+    let kept = state.outcome();
+    assert_eq!(kept.verdicts, full.verdicts);
+    assert_eq!(kept.faulty, full.faulty);
+    assert_eq!(kept.standing, full.standing);
 }
 
 #[test]

@@ -325,3 +325,61 @@ proptest! {
         prop_assert!(validate(&honest, &policy).faulty.is_empty());
     }
 }
+
+proptest! {
+    /// Deciding one unit after each new reveal (`revalidate_unit`) gives
+    /// exactly what `validate()` gives on the whole evidence, or declines
+    /// and lets the caller run `validate()`.
+    #[test]
+    fn revalidating_one_unit_equals_validating_everything(
+        quorum in 1u16..=3,
+        steps in proptest::collection::vec((0u8..8, 0u64..6, 0u8..3, 0u8..20), 1..80),
+    ) {
+        let policy = ValidationPolicy::quorum(quorum);
+        let mut ev = Evidence::new();
+        let mut outcome = validate(&ev, &policy);
+        let mut incremental = 0;
+        for (worker, u, result, extra) in steps {
+            if extra == 0 {
+                // Now and then the owner's answer to a unit (as a spot-check
+                // key does); ProjectState re-validates fully then.
+                ev.add_known_answer(unit(u), res("r0"));
+                outcome = validate(&ev, &policy);
+                continue;
+            }
+            let before = unit_credit(&ev, &outcome, &unit(u));
+            reveal(&mut ev, worker + 1, u, &format!("r{result}"));
+            if revalidate_unit(&ev, &policy, &mut outcome, &unit(u), &before) {
+                incremental += 1;
+                let full = validate(&ev, &policy);
+                prop_assert_eq!(&outcome.verdicts, &full.verdicts);
+                prop_assert_eq!(&outcome.faulty, &full.faulty);
+                prop_assert_eq!(&outcome.standing, &full.standing);
+            } else {
+                outcome = validate(&ev, &policy);
+            }
+        }
+        let _ = incremental;
+    }
+}
+
+#[test]
+fn honest_reveals_are_decided_one_unit_at_a_time() {
+    let policy = ValidationPolicy::quorum(2);
+    let mut ev = Evidence::new();
+    let mut outcome = validate(&ev, &policy);
+    for u in 0..10 {
+        for worker in 1..=3 {
+            let before = unit_credit(&ev, &outcome, &unit(u));
+            reveal(&mut ev, worker, u, "ok");
+            assert!(
+                revalidate_unit(&ev, &policy, &mut outcome, &unit(u), &before),
+                "no fault can appear, so no full run is needed"
+            );
+        }
+    }
+    let full = validate(&ev, &policy);
+    assert_eq!(outcome.verdicts, full.verdicts);
+    assert_eq!(outcome.standing, full.standing);
+    assert_eq!(outcome.validated().count(), 10);
+}
