@@ -72,6 +72,8 @@ fn main() {
                 peers,
                 units,
                 saboteurs: 0,
+                // Comparable with the figures measured before spot checks.
+                spot_checks: 0.0,
                 range,
                 timeout: Duration::from_secs(1800),
                 ..DemoConfig::default()
@@ -119,6 +121,8 @@ fn main() {
                 peers,
                 units,
                 saboteurs: 0,
+                // Comparable with the figures measured before spot checks.
+                spot_checks: 0.0,
                 range: 10,
                 timeout: Duration::from_secs(1800),
                 ..DemoConfig::default()

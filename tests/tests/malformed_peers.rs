@@ -77,15 +77,22 @@ fn raw_swarm() -> anyhow::Result<Swarm<Raw>> {
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_behaviour(|key| {
+        .with_behaviour(|_key| {
             // Far above the node's cap, so the raw peer can send oversized messages.
+            // Formic gossip is anonymous (records carry their own
+            // signatures), so the raw peer's malformed records reach the
+            // node's own checks rather than gossipsub's envelope check.
             let config = gossipsub::ConfigBuilder::default()
                 .max_transmit_size(1 << 20)
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                // Content-addressed ids, as the node uses: anonymous
+                // messages have no author and sequence number to tell apart.
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+                })
                 .build()?;
-            let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                config,
-            )?;
+            let gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)?;
             let rr = request_response::Behaviour::with_codec(
                 RawCodec,
                 [

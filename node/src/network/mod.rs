@@ -260,7 +260,9 @@ pub enum RecordVia {
 pub enum NetworkEvent {
     /// A new, verified record (each record is reported once).
     Record {
-        /// The peer that originally published it (gossip), or served it (sync).
+        /// The peer it came from: the one that forwarded it (gossip is
+        /// anonymous; a record's author is its own signature) or served it
+        /// (sync).
         source: PeerId,
         via: RecordVia,
         project: ProjectId,

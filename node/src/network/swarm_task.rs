@@ -882,7 +882,7 @@ impl Task {
         }
         match self.records.insert(project, message.data.clone()) {
             Inserted::New => {
-                let source = message.source.unwrap_or(forwarder);
+                let source = forwarder;
                 self.emit(NetworkEvent::Record {
                     source,
                     via: RecordVia::Gossip {
