@@ -82,11 +82,35 @@ pub trait ManualPauseSource: Send {
 /// bus is unreachable (then the reading is [`UserIdle::Unknown`]).
 pub struct LogindIdleSource {
     proxy: Option<zbus::blocking::Proxy<'static>>,
-    last_attempt: Option<Instant>,
+    pacing: ReconnectPacing,
     warned: bool,
 }
 
-const LOGIND_RETRY: Duration = Duration::from_secs(30);
+/// How often an unreachable idle-time service (logind, an X server) is
+/// tried again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(30);
+
+/// Paces connection attempts to a service that may be unreachable, so a
+/// missing bus or display costs one attempt per [`RECONNECT_EVERY`], not
+/// one per governor tick.
+#[derive(Debug, Default)]
+struct ReconnectPacing {
+    last_attempt: Option<Instant>,
+}
+
+impl ReconnectPacing {
+    /// Whether to try connecting now; records the attempt if so.
+    fn attempt_now(&mut self) -> bool {
+        if self
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_EVERY)
+        {
+            return false;
+        }
+        self.last_attempt = Some(Instant::now());
+        true
+    }
+}
 
 impl Default for LogindIdleSource {
     fn default() -> Self {
@@ -98,7 +122,7 @@ impl LogindIdleSource {
     pub fn new() -> Self {
         LogindIdleSource {
             proxy: None,
-            last_attempt: None,
+            pacing: ReconnectPacing::default(),
             warned: false,
         }
     }
@@ -138,7 +162,7 @@ impl LogindIdleSource {
 /// with one, it connects lazily and retries at most every 30 s.
 pub struct X11IdleSource {
     conn: Option<(x11rb::rust_connection::RustConnection, u32)>,
-    last_attempt: Option<Instant>,
+    pacing: ReconnectPacing,
 }
 
 impl Default for X11IdleSource {
@@ -151,7 +175,7 @@ impl X11IdleSource {
     pub fn new() -> Self {
         X11IdleSource {
             conn: None,
-            last_attempt: None,
+            pacing: ReconnectPacing::default(),
         }
     }
 
@@ -172,13 +196,9 @@ impl IdleSource for X11IdleSource {
             return UserIdle::Unknown;
         }
         if self.conn.is_none() {
-            if self
-                .last_attempt
-                .is_some_and(|t| t.elapsed() < LOGIND_RETRY)
-            {
+            if !self.pacing.attempt_now() {
                 return UserIdle::Unknown;
             }
-            self.last_attempt = Some(Instant::now());
             match Self::connect() {
                 Ok(c) => self.conn = Some(c),
                 Err(error) => {
@@ -252,13 +272,9 @@ fn monotonic_now_us() -> u64 {
 impl IdleSource for LogindIdleSource {
     fn user_idle(&mut self) -> UserIdle {
         if self.proxy.is_none() {
-            if self
-                .last_attempt
-                .is_some_and(|t| t.elapsed() < LOGIND_RETRY)
-            {
+            if !self.pacing.attempt_now() {
                 return UserIdle::Unknown;
             }
-            self.last_attempt = Some(Instant::now());
             match Self::connect() {
                 Ok(p) => self.proxy = Some(p),
                 Err(error) => {
