@@ -135,6 +135,11 @@ pub struct ProjectState {
     outcome: Option<Outcome>,
     /// Preference order cache: (worker, unit indices in rank order).
     order: Option<(SignerKey, Vec<u64>)>,
+    /// Every unit before this position in `order` is settled for that
+    /// worker (validated with an output, or it already worked on it), so
+    /// `next_work` starts there instead of rescanning a finished prefix on
+    /// every call. Reset whenever a unit may have re-opened.
+    order_start: usize,
 }
 
 impl ProjectState {
@@ -159,6 +164,7 @@ impl ProjectState {
             evidence: Evidence::new(),
             outcome: None,
             order: None,
+            order_start: 0,
         })
     }
 
@@ -219,6 +225,7 @@ impl ProjectState {
         self.seeds.insert(b.seq, b.seed);
         self.batches.insert(b.seq, batch.clone());
         self.order = None;
+        self.order_start = 0;
         self.outcome = None;
         Ok(Applied::New)
     }
@@ -357,6 +364,7 @@ impl ProjectState {
                     );
                 }
                 self.outcome = None;
+                self.order_start = 0;
                 Ok(Applied::New)
             }
         }
@@ -423,8 +431,16 @@ impl ProjectState {
             }
             _ => false,
         };
+        let still_settled = kept
+            && self.outcome.as_ref().is_some_and(|o| {
+                matches!(o.verdicts.get(&unit), Some(Verdict::Validated { workers, .. }) if !workers.is_empty())
+            });
         if !kept {
             self.outcome = None;
+        }
+        if !still_settled {
+            // The unit (or, after a full run, any unit) may need work again.
+            self.order_start = 0;
         }
     }
 
@@ -521,6 +537,7 @@ impl ProjectState {
                 .collect();
             ranked.sort_unstable();
             self.order = Some((*me, ranked.into_iter().map(|(_, i)| i).collect()));
+            self.order_start = 0;
         }
         // Compute (or reuse) the verdicts, then only borrow from here on:
         // this runs for every scheduling decision and must not copy state.
@@ -532,7 +549,29 @@ impl ProjectState {
             .as_ref()
             .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
+        // Skip the settled prefix: units validated with an output, or that
+        // this worker already claimed or committed to, stay so until a
+        // reset (see `order_start`).
+        let mut start = self.order_start.min(order.len());
+        while let Some(index) = order.get(start) {
+            let unit = UnitRef {
+                project: self.id,
+                index: *index,
+            };
+            let settled = self.units.get(index).is_some_and(|r| r.involves(me))
+                || matches!(
+                    outcome.verdicts.get(&unit),
+                    Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
+                );
+            if !settled {
+                break;
+            }
+            start += 1;
+        }
+        self.order_start = start;
         let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
+        // A hidden audit may re-check any unit with commits, settled or not.
+        let order = if audit { order } else { &order[start..] };
         // A unit that already has a replica under way or revealed is taken
         // before a fresh one, so a unit's replicas run side by side and it
         // validates as soon as they finish, instead of every worker opening

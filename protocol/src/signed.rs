@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use libp2p_identity::{Keypair, PeerId, PublicKey, ed25519};
 use serde::de::DeserializeOwned;
@@ -113,6 +114,13 @@ pub struct Signed<T> {
     /// 64-byte ed25519 signature over `T::DOMAIN ‖ 0x00 ‖ payload`.
     #[serde(with = "serde_bytes")]
     signature: Vec<u8>,
+    /// Set once the signature has been checked on this very value (its
+    /// fields never change), so a record verified when it arrives is not
+    /// verified again by each layer it passes through: ed25519 was most of
+    /// the protocol's CPU. Never serialized: a decoded or reassembled
+    /// envelope starts unchecked.
+    #[serde(skip)]
+    checked: OnceLock<()>,
     #[serde(skip)]
     _type: PhantomData<fn() -> T>,
 }
@@ -125,6 +133,7 @@ impl<T> Clone for Signed<T> {
             payload: self.payload.clone(),
             signer: self.signer,
             signature: self.signature.clone(),
+            checked: self.checked.clone(),
             _type: PhantomData,
         }
     }
@@ -166,10 +175,12 @@ impl<T: SignedPayload> Signed<T> {
         let signature = keypair
             .sign(&signed_message(T::DOMAIN, &payload))
             .map_err(|e| SignError::Signing(e.to_string()))?;
+        // Signed here, with the signer's own key: valid by construction.
         Ok(Self {
             payload,
             signer,
             signature,
+            checked: OnceLock::from(()),
             _type: PhantomData,
         })
     }
@@ -177,11 +188,14 @@ impl<T: SignedPayload> Signed<T> {
     /// Checks the signature, then decodes the payload. Unauthenticated bytes
     /// are never parsed beyond the envelope.
     pub fn verify(&self) -> Result<T, VerifyError> {
-        let key = self.signer.public_key()?;
-        if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
-            return Err(VerifyError::BadSignature {
-                signer: self.signer.to_string(),
-            });
+        if self.checked.get().is_none() {
+            let key = self.signer.public_key()?;
+            if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
+                return Err(VerifyError::BadSignature {
+                    signer: self.signer.to_string(),
+                });
+            }
+            let _ = self.checked.set(());
         }
         codec::decode_versioned(&self.payload, T::MAX_PAYLOAD).map_err(VerifyError::Payload)
     }
@@ -227,6 +241,7 @@ impl<T: SignedPayload> Signed<T> {
             payload,
             signer,
             signature,
+            checked: OnceLock::new(),
             _type: PhantomData,
         }
     }
