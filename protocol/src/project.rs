@@ -600,13 +600,7 @@ impl ProjectState {
             let started = recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty());
             let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
             if slots > 0 || auditable {
-                let spec = self.specs.get(index)?;
-                let order = WorkOrder {
-                    unit,
-                    input: spec.1.input.clone(),
-                    audit: slots == 0,
-                    seed: assignment::unit_seed(&unit),
-                };
+                let order = self.work_order(*index, slots == 0)?;
                 if started || auditable {
                     return Some(order);
                 }
@@ -625,7 +619,12 @@ impl ProjectState {
             .is_some_and(|r| r.commits.contains_key(me))
     }
 
-    /// Whether unit `index` is one [`Self::unfinished_by`] would list.
+    /// Whether `me` left unit `index` unfinished: committed to it but not
+    /// revealed (always: the commit is public and only its reveal completes
+    /// the result), or claimed it with a lease still running at `now_ms`
+    /// and not committed. After a restart these are the units to re-run;
+    /// execution is deterministic, so a re-run yields the same result and
+    /// seal.
     pub fn is_unfinished_by(&self, me: &SignerKey, index: u64, now_ms: u64) -> bool {
         self.units.get(&index).is_some_and(|r| {
             !r.reveals.contains_key(me)
@@ -634,32 +633,19 @@ impl ProjectState {
         })
     }
 
-    /// The units `me` left unfinished: committed to but not revealed
-    /// (always: the commit is public and only its reveal completes the
-    /// result), or claimed with a lease still running at `now_ms` and not
-    /// committed. After a restart these are the units to re-run; execution
-    /// is deterministic, so a re-run yields the same result and seal.
-    pub fn unfinished_by(&self, me: &SignerKey, now_ms: u64) -> Vec<WorkOrder> {
-        let mut out = Vec::new();
-        for index in self.units.keys() {
-            if !self.is_unfinished_by(me, *index, now_ms) {
-                continue;
-            }
-            let Some((_, spec)) = self.specs.get(index) else {
-                continue;
-            };
-            let unit = UnitRef {
-                project: self.id,
-                index: *index,
-            };
-            out.push(WorkOrder {
-                unit,
-                input: spec.input.clone(),
-                audit: false,
-                seed: assignment::unit_seed(&unit),
-            });
-        }
-        out
+    /// The work order for unit `index` (None if no batch holds it).
+    pub fn work_order(&self, index: u64, audit: bool) -> Option<WorkOrder> {
+        let (_, spec) = self.specs.get(&index)?;
+        let unit = UnitRef {
+            project: self.id,
+            index,
+        };
+        Some(WorkOrder {
+            unit,
+            input: spec.input.clone(),
+            audit,
+            seed: assignment::unit_seed(&unit),
+        })
     }
 
     /// A signed claim on `order`'s unit for one lease, to apply and gossip.

@@ -392,10 +392,10 @@ impl Worker {
         }
     }
 
-    /// A freshly loaded project: takes back this node's reveals that were
-    /// held on disk, and queues every unit it claimed or committed to but
-    /// did not finish, so a killed node loses no reported result.
-    async fn resume_unfinished(&mut self, project: ProjectId) {
+    /// A freshly loaded project, before its records are applied: takes back
+    /// this node's reveals that were held on disk (with their output blobs
+    /// pinned again: pins do not survive a restart).
+    async fn take_back_held_reveals(&mut self, project: ProjectId) {
         let Some(state) = self.client.state_store().cloned() else {
             return;
         };
@@ -411,8 +411,6 @@ impl Worker {
         let Some(f) = self.projects.get_mut(&project) else {
             return;
         };
-        let mut held_units = HashSet::new();
-        let mut commits = Vec::new();
         for bytes in held {
             let Ok(reveal) = Signed::<Reveal>::from_bytes(&bytes) else {
                 continue;
@@ -422,45 +420,46 @@ impl Worker {
                 continue;
             }
             let Ok(r) = reveal.verify() else { continue };
-            if r.unit.project != project || !held_units.insert(r.unit.index) {
+            if r.unit.project != project || f.held.iter().any(|(u, _)| *u == r.unit) {
                 continue;
             }
-            // Its output blob was pinned by the process that made it; pins
-            // do not survive a restart.
             if let Data::Blob(b) = &r.output {
                 self.client.blob_store().pin(b.id);
             }
-            // Killed between storing the reveal and publishing its commit:
-            // the commit is rebuilt (signing is deterministic, so it is the
-            // same record) and published now, or the reveal could never be
-            // opened.
-            if !f.state.committed_by(&me, r.unit.index) {
-                match f.state.commit(
-                    &self.config.keypair,
-                    r.unit,
-                    r.output.clone(),
-                    r.fuel_used,
-                    &r.engine,
-                ) {
-                    Ok((commit, _)) => {
-                        let g = Gossip::Commit(commit);
-                        let _ = f.state.apply(&g);
-                        commits.push(g);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot sign a commit");
-                        continue;
-                    }
-                }
-            }
             f.held.push((r.unit, reveal));
         }
-        f.resume = f
-            .state
-            .unfinished_by(&me, now_ms())
-            .into_iter()
-            .filter(|o| !held_units.contains(&o.unit.index))
-            .collect();
+    }
+
+    /// A freshly loaded project, after its records are applied: a held
+    /// reveal whose commit never went out (killed between storing the one
+    /// and publishing the other) gets its commit rebuilt (signing is
+    /// deterministic, so it is the same record) and published, or it could
+    /// never be opened.
+    async fn republish_lost_commits(&mut self, project: ProjectId) {
+        let me = self.me;
+        let Some(f) = self.projects.get_mut(&project) else {
+            return;
+        };
+        let mut commits = Vec::new();
+        for (unit, reveal) in &f.held {
+            if f.state.committed_by(&me, unit.index) {
+                continue;
+            }
+            let Ok(r) = reveal.verify() else { continue };
+            match f.state.commit(
+                &self.config.keypair,
+                *unit,
+                r.output,
+                r.fuel_used,
+                &r.engine,
+            ) {
+                Ok((commit, _)) => commits.push(Gossip::Commit(commit)),
+                Err(e) => tracing::warn!(error = %e, "cannot sign a commit"),
+            }
+        }
+        for g in &commits {
+            let _ = f.state.apply(g);
+        }
         if !f.held.is_empty() || !f.resume.is_empty() {
             tracing::info!(project = %project.short(), held_reveals = f.held.len(), rerun = f.resume.len(),
                 republished_commits = commits.len(), "resuming work left unfinished before a restart");
@@ -506,8 +505,9 @@ impl Worker {
         if let Some(f) = self.projects.get_mut(&project) {
             match f.state.apply(&gossip) {
                 // A claim or commit of this node's own that it did not just
-                // make: it predates a restart and reached us by sync (the
-                // journal had not written it). Its unit must be finished.
+                // make (those are applied directly, never through here): it
+                // predates a restart, restored from the state store or
+                // returned by sync. Its unit must be finished.
                 Ok(Applied::New) => {
                     let mine = match &gossip {
                         Gossip::Claim(c) if c.signer() == self.me => {
@@ -523,13 +523,9 @@ impl Worker {
                         && !f.held.iter().any(|(u, _)| *u == unit)
                         && !f.resume.iter().any(|o| o.unit == unit)
                         && f.state.is_unfinished_by(&self.me, unit.index, now_ms())
-                        && let Some(order) = f
-                            .state
-                            .unfinished_by(&self.me, now_ms())
-                            .into_iter()
-                            .find(|o| o.unit == unit)
+                        && let Some(order) = f.state.work_order(unit.index, false)
                     {
-                        tracing::info!(project = %project.short(), unit = unit.index, "resuming a unit left unfinished before a restart");
+                        tracing::debug!(project = %project.short(), unit = unit.index, "a unit left unfinished before a restart is queued");
                         f.resume.push(order);
                     }
                 }
@@ -650,7 +646,12 @@ impl Worker {
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
                 tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
             }
-            // Catch up: everything the network already holds for it.
+            // Before the catch-up: units whose reveal is held on disk are
+            // not re-run when the catch-up meets their claims below.
+            self.take_back_held_reveals(project).await;
+            // Catch up: everything the network already holds for it. Each
+            // unfinished unit of this node's own is queued as its claim or
+            // commit is applied (see `on_record`).
             if let Ok(records) = self.client.records(project).await {
                 for r in records {
                     if !matches!(r, Gossip::Announce(_)) {
@@ -665,7 +666,7 @@ impl Worker {
             }
         }
         if fresh {
-            self.resume_unfinished(project).await;
+            self.republish_lost_commits(project).await;
         }
     }
 
@@ -880,32 +881,27 @@ impl Worker {
 
     /// Reveals every held result whose unit has a quorum of commits.
     async fn open_commits(&mut self) {
+        let me = self.me;
         let mut to_publish = Vec::new();
         for (id, f) in self.projects.iter_mut() {
             let held = std::mem::take(&mut f.held);
             for (unit, r) in held {
                 // Never a reveal without this node's own commit before it
                 // (one is re-published on restart if it was lost).
-                if f.state.may_reveal(&unit) && f.state.committed_by(&r.signer(), unit.index) {
+                if f.state.may_reveal(&unit) && f.state.committed_by(&me, unit.index) {
                     let g = Gossip::Reveal(r);
                     let _ = f.state.apply(&g);
-                    to_publish.push((*id, g));
+                    to_publish.push((*id, unit.index, g));
                 } else {
                     f.held.push((unit, r));
                 }
             }
         }
         let mut published = Vec::new();
-        for (id, g) in to_publish {
-            let record = match &g {
-                Gossip::Reveal(r) => r
-                    .verify()
-                    .ok()
-                    .and_then(|v| g.to_bytes().ok().map(|b| (id, v.unit.index, b))),
-                _ => None,
-            };
+        for (id, index, g) in to_publish {
+            let bytes = g.to_bytes().ok();
             match self.client.publish(Topic::Project(id), g).await {
-                Ok(_) => published.extend(record),
+                Ok(_) => published.extend(bytes.map(|b| (id, index, b))),
                 Err(e) => tracing::debug!(error = %e, "reveal not published"),
             }
         }
