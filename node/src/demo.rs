@@ -207,7 +207,8 @@ pub async fn run(
     let publish_started = Instant::now();
     owner::publish(&owner_session.client(), &project).await?;
     let deadline = Instant::now() + config.timeout;
-    while owner::replication(&owner_session.client(), &project).await < 2 {
+    let mut replication = owner::ReplicationWatch::new();
+    while replication.holders(&owner_session.client(), &project).await < 2 {
         if Instant::now() >= deadline {
             return Err(DemoError::Timeout(
                 "the project never reached two peers".into(),

@@ -2,7 +2,7 @@
 //! records and blobs, publishing them, and measuring how many peers hold
 //! them so the owner knows when it may go offline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use formic_protocol::blob_transfer::{BlobRequest, BlobResponse};
@@ -245,38 +245,62 @@ pub async fn publish(
     Ok(())
 }
 
-/// How many other peers hold every blob of the project: those Kademlia
-/// lists as providers, plus connected peers that say they hold it when
-/// asked directly. The direct question matters: a network that has just
-/// formed may have nowhere to keep provider records yet (peers stay in
-/// Kademlia client mode until an external address is confirmed), and the
-/// owner must not wait on the DHT for what its neighbours can simply answer.
-pub async fn replication(client: &NetworkClient, project: &BuiltProject) -> usize {
-    let connected = client.connected_peers().await.unwrap_or_default();
-    let mut holders: Option<HashSet<PeerId>> = None;
-    for id in project.blob_ids() {
-        let mut have = client.find_providers(id).await.unwrap_or_default();
-        for peer in &connected {
-            // Only peers still in the running need asking.
-            let candidate = holders.as_ref().is_none_or(|h| h.contains(peer));
-            if candidate
-                && !have.contains(peer)
-                && matches!(
-                    client
-                        .blob_request(*peer, BlobRequest::Manifest { id })
-                        .await,
-                    Ok(BlobResponse::Manifest(_))
-                )
-            {
-                have.insert(*peer);
-            }
-        }
-        holders = Some(match holders {
-            None => have,
-            Some(h) => h.intersection(&have).copied().collect(),
-        });
+/// How many other peers hold every blob of a project, polled while the
+/// owner waits to go offline. It counts peers Kademlia lists as providers,
+/// plus connected peers that say they hold a blob when asked directly. The
+/// direct question matters: a network that has just formed may have
+/// nowhere to keep provider records yet (peers stay in Kademlia client mode
+/// until an external address is confirmed), and the owner must not wait on
+/// the DHT for what its neighbours can simply answer. A peer that has
+/// answered for a blob is not asked again while it stays connected, so each
+/// poll only asks the peers still unknown.
+#[derive(Debug, Default)]
+pub struct ReplicationWatch {
+    confirmed: HashMap<ContentId, HashSet<PeerId>>,
+}
+
+impl ReplicationWatch {
+    pub fn new() -> Self {
+        Self::default()
     }
-    holders.map_or(0, |h| h.len())
+
+    /// The number of other peers that hold every blob of `project` now.
+    pub async fn holders(&mut self, client: &NetworkClient, project: &BuiltProject) -> usize {
+        let connected: HashSet<PeerId> = client
+            .connected_peers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut holders: Option<HashSet<PeerId>> = None;
+        for id in project.blob_ids() {
+            let known = self.confirmed.entry(id).or_default();
+            known.retain(|p| connected.contains(p));
+            let mut have = client.find_providers(id).await.unwrap_or_default();
+            have.extend(known.iter().copied());
+            for peer in &connected {
+                // Only peers still in the running need asking.
+                let candidate = holders.as_ref().is_none_or(|h| h.contains(peer));
+                if candidate
+                    && !have.contains(peer)
+                    && matches!(
+                        client
+                            .blob_request(*peer, BlobRequest::Manifest { id })
+                            .await,
+                        Ok(BlobResponse::Manifest(_))
+                    )
+                {
+                    have.insert(*peer);
+                    known.insert(*peer);
+                }
+            }
+            holders = Some(match holders {
+                None => have,
+                Some(h) => h.intersection(&have).copied().collect(),
+            });
+        }
+        holders.map_or(0, |h| h.len())
+    }
 }
 
 #[cfg(test)]

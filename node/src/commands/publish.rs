@@ -141,8 +141,9 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
         );
         let deadline = tokio::time::Instant::now() + timeout;
         let mut held = 0;
+        let mut replication = owner::ReplicationWatch::new();
         while held < args.replicate {
-            held = owner::replication(&session.client(), &project).await;
+            held = replication.holders(&session.client(), &project).await;
             bar.set_position(held.min(args.replicate) as u64);
             if tokio::time::Instant::now() >= deadline {
                 break;
