@@ -37,6 +37,13 @@ impl JoinArgs {
         config.mdns = !self.no_mdns;
         // Its own API would collide with a `formic node` on the same data dir.
         config.api_addr = None;
+        // A network identity of its own, for this run only: the data dir's
+        // identity may be in use by a `formic node` running at the same time,
+        // and two live peers with one PeerId make each other's connections,
+        // DHT entries and provider records unreliable. A short-lived node
+        // signs nothing with it (owners sign with the owner key), so nothing
+        // is lost when it goes.
+        config.keypair = Some(libp2p::identity::Keypair::generate_ed25519());
         config
     }
 
@@ -53,5 +60,28 @@ impl JoinArgs {
             anyhow::bail!("no peer found in 30 s: pass --bootstrap with a running node's address");
         }
         Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_lived_node_never_takes_the_data_dirs_network_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_identity = crate::identity::load_or_create_node_identity(dir.path())
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let args = JoinArgs {
+            bootstrap: vec![],
+            listen: vec![],
+            no_mdns: true,
+        };
+        let first = args.node_config(dir.path()).keypair.unwrap();
+        let second = args.node_config(dir.path()).keypair.unwrap();
+        assert_ne!(first.public().to_peer_id(), node_identity);
+        assert_ne!(first.public().to_peer_id(), second.public().to_peer_id());
     }
 }
