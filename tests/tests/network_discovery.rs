@@ -9,6 +9,8 @@ use formic_node::network::{RecordVia, Topic, loopback_quic, loopback_tcp};
 use formic_tests::*;
 use libp2p::identity::Keypair;
 
+const WAIT: Duration = Duration::from_secs(15);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_discover_each_other_and_gossip_reaches_all() -> anyhow::Result<()> {
     init_tracing();
@@ -199,5 +201,106 @@ async fn nodes_in_automatic_mode_form_a_dht_through_their_first_node() -> anyhow
     for n in nodes {
         n.shutdown().await?;
     }
+    Ok(())
+}
+
+/// A node refused by its bootstrap peer (at its connection cap) keeps
+/// trying with backoff and joins once the bootstrap peer has room. Before,
+/// such a node stayed alone for good: measured with 100 peers starting
+/// together, 16 never joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refused_by_a_full_bootstrap_peer_joins_when_there_is_room() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    // A bootstrap peer with room for one connection.
+    let mut config = test_config(dirs[0].path(), vec![]);
+    config.limits.max_connections = 1;
+    let boot = formic_node::network::start(config).await?;
+    let boot_id = boot.peer_id();
+    let first = start_node(dirs[1].path(), boot.dial_addrs()).await?;
+    wait_until(WAIT, "the first peer joins", || {
+        let c = first.client();
+        async move {
+            c.connected_peers()
+                .await
+                .is_ok_and(|p| p.contains(&boot_id))
+        }
+    })
+    .await?;
+
+    let refused = start_node(dirs[2].path(), boot.dial_addrs()).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        refused.client().connected_peers().await?.is_empty(),
+        "the bootstrap peer was full, yet the second peer got in"
+    );
+    // The first peer leaves: there is room now.
+    first.shutdown().await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the refused peer reaches the bootstrap peer",
+        || {
+            let c = refused.client();
+            async move {
+                c.connected_peers()
+                    .await
+                    .is_ok_and(|p| p.contains(&boot_id))
+            }
+        },
+    )
+    .await?;
+    refused.shutdown().await?;
+    boot.shutdown().await?;
+    Ok(())
+}
+
+/// A node whose bootstrap peer is down when it starts keeps dialling it
+/// with backoff (Kademlia's periodic bootstrap) and joins once it is up: a
+/// volunteer started before the network's first node must not need a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_once_its_bootstrap_peer_comes_up_late() -> anyhow::Result<()> {
+    use libp2p::multiaddr::Protocol;
+    init_tracing();
+    let boot_dir = tempfile::tempdir()?;
+    let late_dir = tempfile::tempdir()?;
+    // The bootstrap peer's identity and a free port, known before it runs.
+    let boot_id = formic_node::identity::load_or_create_node_identity(boot_dir.path())?
+        .public()
+        .to_peer_id();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = loopback_tcp()
+        .replace(1, |_| Some(Protocol::Tcp(port)))
+        .expect("loopback_tcp has a TCP port");
+    let boot_addr = listen.clone().with(Protocol::P2p(boot_id));
+
+    let late = start_node(late_dir.path(), vec![boot_addr]).await?;
+    // Down for longer than a few periodic bootstraps (every 2 s at first
+    // in tests).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut config = test_config(boot_dir.path(), vec![]);
+    config.listen = vec![listen];
+    let boot = formic_node::network::start(config).await?;
+    assert_eq!(boot.peer_id(), boot_id);
+
+    wait_until(
+        Duration::from_secs(30),
+        "the node reaches its late bootstrap peer",
+        || {
+            let c = late.client();
+            async move {
+                c.connected_peers()
+                    .await
+                    .is_ok_and(|p| p.contains(&boot_id))
+            }
+        },
+    )
+    .await?;
+    late.shutdown().await?;
+    boot.shutdown().await?;
     Ok(())
 }

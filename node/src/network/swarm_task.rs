@@ -56,6 +56,12 @@ const PUBLISH_QUEUE_TTL: Duration = Duration::from_secs(600);
 /// after the previous one, so a burst of identifies costs one query.
 const REBOOTSTRAP_GAP: Duration = Duration::from_secs(1);
 
+/// A node this close to its connection cap trims idle connections every
+/// tick, and counts a peer as idle after `NEWCOMER_GRACE` instead of the
+/// configured `idle_after` (see `prune_connections`).
+const HIGH_WATER_HEADROOM: u32 = 5;
+const NEWCOMER_GRACE: Duration = Duration::from_secs(3);
+
 /// Blob disk reads at once.
 const BLOB_READERS: usize = 8;
 
@@ -631,7 +637,14 @@ impl Task {
                 if num_established.get() == 1 {
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
-                if self.bootstrap_peers.contains(&peer_id) {
+                // Reaching a bootstrap peer is the moment to look around,
+                // unless the routing table is already full: peers reconnect
+                // to a busy bootstrap peer that trimmed them, and a full
+                // bootstrap (dialling dozens of peers) at each of those
+                // reconnections kept a 100-peer network churning.
+                if self.bootstrap_peers.contains(&peer_id)
+                    && self.routing_table_size() < SETTLED_ROUTING_TABLE
+                {
                     self.bootstrap();
                 }
                 // A peer dialled us directly: we are reachable from its
@@ -692,14 +705,17 @@ impl Task {
     /// settled one. Otherwise every peer of an 11-peer network queries all
     /// the others every 5 s forever, which was most of an idle agent's CPU.
     /// Any new peer (here or via identify) resets the period.
-    fn periodic_bootstrap(&mut self) {
-        let table: usize = self
-            .swarm
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm
             .behaviour_mut()
             .kad
             .kbuckets()
             .map(|b| b.num_entries())
-            .sum();
+            .sum()
+    }
+
+    fn periodic_bootstrap(&mut self) {
+        let table = self.routing_table_size();
         let interval = if table >= SETTLED_ROUTING_TABLE {
             SETTLED_BOOTSTRAP_INTERVAL
         } else {
@@ -738,9 +754,17 @@ impl Task {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
-                // A peer newly reachable over Kademlia: look around again
-                // now rather than at the next periodic bootstrap.
-                if self.kad_peers.len() < 100_000 && self.kad_peers.insert(peer_id) {
+                // A peer newly reachable over Kademlia: while the routing
+                // table is sparse, look around again now rather than at the
+                // next periodic bootstrap. Not once it is full: in a network
+                // of a hundred peers starting together every node identifies
+                // dozens of new peers, and a bootstrap (a lookup per bucket,
+                // dialling the peers it finds) for each kept the whole
+                // network dialling at its connection caps.
+                if self.kad_peers.len() < 100_000
+                    && self.kad_peers.insert(peer_id)
+                    && self.routing_table_size() < SETTLED_ROUTING_TABLE
+                {
                     self.sparse_bootstrap_every = self.bootstrap_interval;
                     self.bootstrap();
                 }
@@ -1228,7 +1252,7 @@ impl Task {
         if !self.publish_queue.is_empty() {
             self.retry_publish();
         }
-        if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+        if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) || self.near_connection_cap() {
             self.prune_connections();
         }
         if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS) {
@@ -1250,10 +1274,33 @@ impl Task {
         }
     }
 
+    fn near_connection_cap(&self) -> bool {
+        let established = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_established();
+        established + HIGH_WATER_HEADROOM >= self.limits.max_connections
+    }
+
     /// Left alone, Kademlia and gossipsub drift to all-to-all connections.
     /// Above `prune_above` peers, disconnect the longest-idle peers that are
     /// outside every gossip mesh, not bootstrap peers, and not mid-request.
+    ///
+    /// Near the connection cap it trims harder (high and low water marks):
+    /// a node at its cap refuses every newcomer, and for a network's
+    /// bootstrap peer that means new peers cannot join at all. Measured with
+    /// 100 peers starting together: the bootstrap peer sat at its cap for
+    /// minutes, because idle connections were only trimmed after 10 s idle,
+    /// every 5 s, while Kademlia kept re-dialling it. A connection counts as
+    /// idle there after a short grace, long enough for a newcomer's identify
+    /// and first Kademlia lookup.
     fn prune_connections(&mut self) {
+        let min_idle = if self.near_connection_cap() {
+            NEWCOMER_GRACE.min(self.limits.idle_after)
+        } else {
+            self.limits.idle_after
+        };
         let connected = self.swarm.connected_peers().count();
         // Forget peers gone for a while (bounds the map); remembering recent
         // ones keeps a re-dialed, still idle peer prunable.
@@ -1278,7 +1325,7 @@ impl Task {
             .connected_peers()
             .filter(|p| !mesh.contains(p) && !self.bootstrap_peers.contains(p) && !busy.contains(p))
             .map(|p| (self.last_activity.get(p).copied().unwrap_or(now), *p))
-            .filter(|(t, _)| now.duration_since(*t) >= self.limits.idle_after)
+            .filter(|(t, _)| now.duration_since(*t) >= min_idle)
             .collect();
         idle.sort();
         let excess = connected - self.limits.prune_above;
