@@ -268,9 +268,12 @@ fn conn_summary(s: &Status) -> String {
     let total: usize = s.peers.iter().map(|p| p.0).sum();
     let max = s.peers.iter().map(|p| p.0).max().unwrap_or(0);
     let min = s.peers.iter().map(|p| p.0).min().unwrap_or(0);
+    let mesh: usize = s.peers.iter().map(|p| p.1).sum();
+    let mesh_min = s.peers.iter().map(|p| p.1).min().unwrap_or(0);
     format!(
-        "connections per peer avg {:.1}, min {min}, max {max}",
-        total as f64 / s.peers.len().max(1) as f64
+        "connections per peer avg {:.1}, min {min}, max {max}; gossip mesh peers avg {:.1}, min {mesh_min}",
+        total as f64 / s.peers.len().max(1) as f64,
+        mesh as f64 / s.peers.len().max(1) as f64
     )
 }
 
