@@ -18,30 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use formic_node::network::{NetworkEvent, RunningNode, Topic};
-use formic_tests::{commit, project, start_node, test_bytes, wait_until};
+use formic_tests::{commit, percentile, project, rss_bytes, start_node, test_bytes, wait_until};
 use libp2p::identity::Keypair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 const MESSAGES: u64 = 20;
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 async fn connections(nodes: &[RunningNode]) -> anyhow::Result<(f64, usize)> {
     let mut total = 0;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use formic_node::network::{NetworkEvent, RunningNode, Topic};
 use formic_protocol::messages::Gossip;
-use formic_tests::{commit, project, start_node};
+use formic_tests::{commit, percentile, project, rss_bytes, start_node};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use serde_json::json;
@@ -57,16 +57,6 @@ fn unix_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// CPU time this process has used (user + system), in seconds.
@@ -255,13 +245,6 @@ async fn status(
         }
     }
     Ok(Status { peers, rss, cpu })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
 fn conn_summary(s: &Status) -> String {
