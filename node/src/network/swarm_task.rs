@@ -323,9 +323,9 @@ impl Task {
     /// finds nothing new it doubles its period, up to 5 minutes, which is
     /// right for a small settled network but left a node refused by busy
     /// peers waiting minutes between tries. Measured with 300 peers starting
-    /// together: 27 still alone after 300 s without this, all in within
-    /// 90 s with it. The jitter spreads the retries so they do not arrive
-    /// together again.
+    /// together: 27 still alone after 300 s without this, all in after
+    /// 83–106 s with it. The jitter spreads the retries so they do not
+    /// arrive together again.
     fn rejoin_if_alone(&mut self) {
         if self.swarm.connected_peers().next().is_some() {
             self.next_rejoin = None;
