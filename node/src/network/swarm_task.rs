@@ -1342,7 +1342,14 @@ impl Task {
 
     /// Left alone, Kademlia and gossipsub drift to all-to-all connections.
     /// Above `prune_above` peers, disconnect the longest-idle peers that are
-    /// outside every gossip mesh, not bootstrap peers, and not mid-request.
+    /// outside every gossip mesh and not mid-request.
+    ///
+    /// Bootstrap peers are not spared: a node with more than `prune_above`
+    /// peers no longer needs its way in, and when every node kept its
+    /// connection to the one well-known bootstrap peer, that peer sat at
+    /// its cap for good (300 local peers: 50 connections after idling,
+    /// against at most 25 for every other peer) and could only take
+    /// newcomers by trimming someone. Unchanged below `prune_above`.
     ///
     /// Near the connection cap it trims harder (high and low water marks):
     /// a node at its cap refuses every newcomer, and for a network's
@@ -1380,7 +1387,7 @@ impl Task {
         let mut idle: Vec<(Instant, PeerId)> = self
             .swarm
             .connected_peers()
-            .filter(|p| !mesh.contains(p) && !self.bootstrap_peers.contains(p) && !busy.contains(p))
+            .filter(|p| !mesh.contains(p) && !busy.contains(p))
             .map(|p| (self.last_activity.get(p).copied().unwrap_or(now), *p))
             .filter(|(t, _)| now.duration_since(*t) >= min_idle)
             .collect();
