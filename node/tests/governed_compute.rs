@@ -30,14 +30,8 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
     let volunteer = Session::start(NodeConfig::local(root.path().join("v")), volunteer_role)
         .await
         .expect("volunteer starts");
-    let mut owner_cfg = NodeConfig::local(root.path().join("o"));
-    owner_cfg.bootstrap = volunteer.node.dial_addrs();
-    let owner_node = Session::start(owner_cfg, Role::observer())
-        .await
-        .expect("owner starts");
-    assert!(owner_node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+    let owner_node = start_owner(root.path(), &volunteer).await;
 
-    let key = libp2p::identity::Keypair::generate_ed25519();
     let inputs: Vec<Vec<u8>> = (0..4u64)
         .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
         .collect();
@@ -46,18 +40,7 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
         max_replicas: 2,
         ..PublishOptions::default()
     };
-    let project = owner::build_project(
-        &key,
-        apps::PRIMES_WAT.as_bytes().to_vec(),
-        &inputs,
-        &opts,
-        0,
-        [9; 32],
-    )
-    .expect("build");
-    owner::publish(&owner_node.client(), &project)
-        .await
-        .expect("publish");
+    publish_primes(&owner_node, &inputs, &opts, [9; 32]).await;
 
     // The volunteer follows the project but computes nothing while suspended.
     let status = volunteer.compute.status();
@@ -93,6 +76,40 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
 
 /// The node's status over its control API (a blocking HTTP call, so off
 /// the runtime's threads).
+/// An owner node (computing nothing) joined to `volunteer`.
+async fn start_owner(root: &Path, volunteer: &Session) -> Session {
+    let mut config = NodeConfig::local(root.join("o"));
+    config.bootstrap = volunteer.node.dial_addrs();
+    let owner_node = Session::start(config, Role::observer())
+        .await
+        .expect("owner starts");
+    assert!(owner_node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+    owner_node
+}
+
+/// Publishes the prime-counting app on `inputs`, signed with a fresh owner key.
+async fn publish_primes(
+    owner_node: &Session,
+    inputs: &[Vec<u8>],
+    opts: &PublishOptions,
+    seed: [u8; 32],
+) -> owner::BuiltProject {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let project = owner::build_project(
+        &key,
+        apps::PRIMES_WAT.as_bytes().to_vec(),
+        inputs,
+        opts,
+        0,
+        seed,
+    )
+    .expect("build");
+    owner::publish(&owner_node.client(), &project)
+        .await
+        .expect("publish");
+    project
+}
+
 async fn api_status(dir: &Path) -> NodeStatus {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || client::status(&dir))
@@ -147,12 +164,7 @@ async fn status_shows_governor_running_units_and_credit() {
     let volunteer = Session::start(config, role)
         .await
         .expect("volunteer starts");
-    let mut owner_cfg = NodeConfig::local(root.path().join("o"));
-    owner_cfg.bootstrap = volunteer.node.dial_addrs();
-    let owner_node = Session::start(owner_cfg, Role::observer())
-        .await
-        .expect("owner starts");
-    assert!(owner_node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+    let owner_node = start_owner(root.path(), &volunteer).await;
 
     let s = api_status(&dir).await;
     let g = s.governor.as_ref().expect("the status has the governor");
@@ -180,19 +192,7 @@ async fn status_shows_governor_running_units_and_credit() {
         fuel_per_unit: fuel_budget,
         ..PublishOptions::default()
     };
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let project = owner::build_project(
-        &key,
-        apps::PRIMES_WAT.as_bytes().to_vec(),
-        &inputs,
-        &opts,
-        0,
-        [7; 32],
-    )
-    .expect("build");
-    owner::publish(&owner_node.client(), &project)
-        .await
-        .expect("publish");
+    let project = publish_primes(&owner_node, &inputs, &opts, [7; 32]).await;
     let project_id = project.manifest.id();
     let id = project_id.to_string();
 
