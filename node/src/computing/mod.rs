@@ -367,7 +367,8 @@ impl Worker {
     /// After a restart: follows again what was followed before, from the
     /// state store and the records restored from it (an announcement held
     /// is a project to load). Each project then resumes its own unfinished
-    /// work when it loads (see `resume_unfinished`).
+    /// work when it loads: its catch-up meets this node's own claims and
+    /// commits, and `on_record` queues those units (`Applied::New`).
     async fn restore(&mut self) {
         let Some(state) = self.client.state_store().cloned() else {
             return;
