@@ -58,6 +58,20 @@ where
     }
 }
 
+/// Waits until `node` is connected to `peer`, for at most `timeout`.
+pub async fn wait_connected(
+    node: &RunningNode,
+    peer: PeerId,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(timeout, what, || {
+        let c = node.client();
+        async move { c.connected_peers().await.is_ok_and(|p| p.contains(&peer)) }
+    })
+    .await
+}
+
 /// Waits for the first event matching `pred`, skipping others.
 pub async fn wait_event<T>(
     events: &mut mpsc::Receiver<NetworkEvent>,

@@ -220,15 +220,7 @@ async fn a_node_refused_by_a_full_bootstrap_peer_joins_when_there_is_room() -> a
     let boot = formic_node::network::start(config).await?;
     let boot_id = boot.peer_id();
     let first = start_node(dirs[1].path(), boot.dial_addrs()).await?;
-    wait_until(WAIT, "the first peer joins", || {
-        let c = first.client();
-        async move {
-            c.connected_peers()
-                .await
-                .is_ok_and(|p| p.contains(&boot_id))
-        }
-    })
-    .await?;
+    wait_connected(&first, boot_id, WAIT, "the first peer joins").await?;
 
     let refused = start_node(dirs[2].path(), boot.dial_addrs()).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -238,17 +230,11 @@ async fn a_node_refused_by_a_full_bootstrap_peer_joins_when_there_is_room() -> a
     );
     // The first peer leaves: there is room now.
     first.shutdown().await?;
-    wait_until(
+    wait_connected(
+        &refused,
+        boot_id,
         Duration::from_secs(30),
         "the refused peer reaches the bootstrap peer",
-        || {
-            let c = refused.client();
-            async move {
-                c.connected_peers()
-                    .await
-                    .is_ok_and(|p| p.contains(&boot_id))
-            }
-        },
     )
     .await?;
     refused.shutdown().await?;
@@ -287,17 +273,11 @@ async fn a_node_joins_once_its_bootstrap_peer_comes_up_late() -> anyhow::Result<
     let boot = formic_node::network::start(config).await?;
     assert_eq!(boot.peer_id(), boot_id);
 
-    wait_until(
+    wait_connected(
+        &late,
+        boot_id,
         Duration::from_secs(30),
         "the node reaches its late bootstrap peer",
-        || {
-            let c = late.client();
-            async move {
-                c.connected_peers()
-                    .await
-                    .is_ok_and(|p| p.contains(&boot_id))
-            }
-        },
     )
     .await?;
     late.shutdown().await?;
