@@ -123,6 +123,11 @@ fn kademlia(keypair: &Keypair, config: &NodeConfig) -> kad::Behaviour<kad::store
     // bootstrap query re-dials peers that pruning just disconnected.
     cfg.set_periodic_bootstrap_interval(None);
     cfg.set_query_timeout(Duration::from_secs(15));
+    // Peers enter the routing table only through the swarm task, with the
+    // listen addresses identify reports (`learn_address`): left to itself,
+    // Kademlia inserts on every connection and, when the bucket is full,
+    // dials an old peer to test it, which with pruning never settles.
+    cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
     // Provider records must outlive the short test runs and a volunteer's
     // reboot; libp2p republishes them itself.
     let store_cfg = kad::store::MemoryStoreConfig {

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -55,6 +55,9 @@ const PUBLISH_QUEUE_TTL: Duration = Duration::from_secs(600);
 /// A re-bootstrap triggered by a new Kademlia peer waits at least this long
 /// after the previous one, so a burst of identifies costs one query.
 const REBOOTSTRAP_GAP: Duration = Duration::from_secs(1);
+
+/// A bootstrap of ours still unfinished after this long is taken as lost.
+const BOOTSTRAP_GIVE_UP: Duration = Duration::from_secs(300);
 
 /// A node left with no peer dials its bootstrap list and remembered peers
 /// again, first after about this long, doubling up to `REJOIN_MAX`.
@@ -122,6 +125,8 @@ struct Task {
     rejoin_every: Duration,
     kad_peers: HashSet<PeerId>,
     last_bootstrap: Option<Instant>,
+    /// The bootstrap this node started and that is still running.
+    bootstrap_query: Option<kad::QueryId>,
     /// Current period of the sparse-table bootstrap: `bootstrap_interval`,
     /// doubled after each bootstrap that found no new peer (see
     /// `periodic_bootstrap`).
@@ -140,6 +145,9 @@ struct Task {
     strikes: HashMap<PeerId, u32>,
     blocked: HashSet<PeerId>,
     last_activity: HashMap<PeerId, Instant>,
+    /// When each connected peer's first current connection opened: a
+    /// connection younger than `NEWCOMER_GRACE` is never pruned.
+    connected_since: HashMap<PeerId, Instant>,
     ticks: u64,
 }
 
@@ -242,6 +250,7 @@ pub(crate) async fn spawn(
         rejoin_every: REJOIN_MIN,
         kad_peers: HashSet::new(),
         last_bootstrap: None,
+        bootstrap_query: None,
         sparse_bootstrap_every: config.bootstrap_interval,
         table_at_bootstrap: 0,
         project_topics: HashMap::new(),
@@ -256,11 +265,18 @@ pub(crate) async fn spawn(
         strikes: HashMap::new(),
         blocked: HashSet::new(),
         last_activity: HashMap::new(),
+        connected_since: HashMap::new(),
         ticks: 0,
     };
     task.join();
     task.provide_stored_blobs().await;
-    let handle = tokio::spawn(task.run(commands, blob_io_rx));
+    // Every line the task logs names its node: tests, benchmarks and the
+    // demo run many nodes in one process.
+    let span = tracing::info_span!("node", peer = %task.peer_id);
+    let handle = tokio::spawn(tracing::Instrument::instrument(
+        task.run(commands, blob_io_rx),
+        span,
+    ));
     Ok((handle, peer_id, listen_addrs))
 }
 
@@ -691,6 +707,7 @@ impl Task {
                     .entry(peer_id)
                     .or_insert_with(Instant::now);
                 if num_established.get() == 1 {
+                    self.connected_since.insert(peer_id, Instant::now());
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
                 // Reaching a bootstrap peer is the moment to look around,
@@ -737,10 +754,31 @@ impl Task {
             } => {
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.synced_with.retain(|(p, _)| *p != peer_id);
+                self.connected_since.remove(&peer_id);
                 self.emit(NetworkEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                // Nothing listens at any of its addresses: the peer is gone.
+                // Forget it, so its bucket takes a live peer (`learn_address`).
+                if let (Some(peer), DialError::Transport(errors)) = (peer_id, &error)
+                    && !errors.is_empty()
+                    && errors.iter().all(|(_, e)| connection_refused(e))
+                    && !self.swarm.is_connected(&peer)
+                    && !self.bootstrap_peers.contains(&peer)
+                {
+                    tracing::debug!(%peer, "peer is down: dropped from the routing table");
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                }
+                match &error {
+                    // libp2p prints a denial as just "Dial error".
+                    DialError::Denied { cause } => {
+                        tracing::debug!(peer = ?peer_id, ?cause, "outgoing connection denied here")
+                    }
+                    _ => tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed"),
+                }
+            }
+            SwarmEvent::Dialing { peer_id, .. } => {
+                tracing::trace!(peer = ?peer_id, "dialling");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(error = %error, "incoming connection failed");
@@ -770,6 +808,27 @@ impl Task {
             .sum()
     }
 
+    /// Puts `peer` at `addr` into the Kademlia routing table, unless the
+    /// peer is new and its bucket is full.
+    ///
+    /// Kademlia's own answer to a full bucket is to dial the bucket's
+    /// least recently seen disconnected peer, to check it is still alive:
+    /// with idle-connection pruning most peers in a bucket are disconnected,
+    /// so in a large network nearly every new connection meant one more
+    /// dial of a peer that pruning had just closed. A full bucket already
+    /// holds enough peers to route through; a peer found down (its dials
+    /// refused) is dropped from it instead, which makes room again.
+    fn learn_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Some(bucket) = kad.kbucket(peer) {
+            let known = bucket.iter().any(|e| *e.node.key.preimage() == peer);
+            if !known && bucket.num_entries() >= kad::K_VALUE.get() {
+                return;
+            }
+        }
+        kad.add_address(&peer, addr);
+    }
+
     fn periodic_bootstrap(&mut self) {
         let table = self.routing_table_size();
         let interval = if table >= SETTLED_ROUTING_TABLE {
@@ -795,9 +854,41 @@ impl Task {
         {
             return;
         }
-        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
-            self.last_bootstrap = Some(Instant::now());
+        // One at a time: a bootstrap is a lookup per bucket (13 of them at
+        // 120 peers), each dialling up to 20 peers, and takes tens of
+        // seconds while a forming network keeps peers busy. Started on
+        // every trigger 1 s apart, five overlapped on each node of a
+        // 120-peer network, which opened ~550 connections a second in all
+        // for minutes after forming. (Each of a bootstrap's lookups times out after 15 s, so one still
+        // running after `BOOTSTRAP_GIVE_UP` was lost: never wait on it.)
+        if self.bootstrap_query.is_some()
+            && self
+                .last_bootstrap
+                .is_some_and(|t| t.elapsed() < BOOTSTRAP_GIVE_UP)
+        {
+            return;
         }
+        // While the table is sparse, one lookup of our own id: it finds our
+        // closest peers and every peer on the way, which fills a sparse
+        // table, and is all a joining node needs (Kademlia's own join). The
+        // full bootstrap adds a lookup per farther bucket, up to 13 at 200
+        // peers, each dialling peers that pruning then closes: run only on
+        // the settled period.
+        let table = self.routing_table_size();
+        let id = if table == 0 {
+            return;
+        } else if table < SETTLED_ROUTING_TABLE {
+            let me = self.peer_id;
+            self.swarm.behaviour_mut().kad.get_closest_peers(me)
+        } else {
+            match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(id) => id,
+                Err(_) => return,
+            }
+        };
+        tracing::debug!(routing_table = table, "bootstrap started");
+        self.last_bootstrap = Some(Instant::now());
+        self.bootstrap_query = Some(id);
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
@@ -808,7 +899,7 @@ impl Task {
                 if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) =>
             {
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    self.learn_address(peer_id, addr);
                 }
                 // A peer newly reachable over Kademlia: while the routing
                 // table is sparse, look around again now rather than at the
@@ -837,10 +928,7 @@ impl Task {
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    self.learn_address(peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
@@ -859,6 +947,7 @@ impl Task {
         else {
             return;
         };
+        tracing::trace!(query = ?id, step = step.count, last = step.last, kind = kad_query_kind(&result), "kad query progress");
         match result {
             kad::QueryResult::GetProviders(result) => {
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
@@ -882,8 +971,11 @@ impl Task {
                     let _ = reply.send(Ok(()));
                 }
             }
-            kad::QueryResult::Bootstrap(Ok(ok)) => {
-                tracing::trace!(remaining = ok.num_remaining, "bootstrap step");
+            kad::QueryResult::Bootstrap(_) | kad::QueryResult::GetClosestPeers(_)
+                if step.last && self.bootstrap_query == Some(id) =>
+            {
+                tracing::debug!(lookups = step.count, took = ?self.last_bootstrap.map(|t| t.elapsed()), "bootstrap finished");
+                self.bootstrap_query = None;
             }
             _ => {}
         }
@@ -1388,6 +1480,15 @@ impl Task {
             .swarm
             .connected_peers()
             .filter(|p| !mesh.contains(p) && !busy.contains(p))
+            // A connection just opened is in use: most are Kademlia dialling
+            // a peer it is querying, and closing one mid-request fails that
+            // step of the lookup, which then dials more peers or waits for
+            // its 15 s timeout.
+            .filter(|p| {
+                self.connected_since
+                    .get(p)
+                    .is_none_or(|t| t.elapsed() >= NEWCOMER_GRACE)
+            })
             .map(|p| (self.last_activity.get(p).copied().unwrap_or(now), *p))
             .filter(|(t, _)| now.duration_since(*t) >= min_idle)
             .collect();
@@ -1473,6 +1574,35 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// A short name for a Kademlia query result, for logs.
+fn kad_query_kind(result: &kad::QueryResult) -> &'static str {
+    match result {
+        kad::QueryResult::Bootstrap(_) => "bootstrap",
+        kad::QueryResult::GetClosestPeers(_) => "closest peers",
+        kad::QueryResult::GetProviders(_) => "get providers",
+        kad::QueryResult::StartProviding(_) => "start providing",
+        kad::QueryResult::RepublishProvider(_) => "republish provider",
+        kad::QueryResult::GetRecord(_) => "get record",
+        kad::QueryResult::PutRecord(_) => "put record",
+        kad::QueryResult::RepublishRecord(_) => "republish record",
+    }
+}
+
+/// Whether a dial failed because nothing listens there (the peer is down),
+/// as opposed to a failed handshake or a timeout, which a busy but live
+/// peer also causes.
+///
+/// The socket's error reaches here several layers deep (DNS, the
+/// transport choice, concurrent dials), and one of those layers does not
+/// expose it as an error `source`, so the chain cannot be walked: its
+/// debug form, which names the `ErrorKind`, is what can be read.
+fn connection_refused(error: &libp2p::TransportError<std::io::Error>) -> bool {
+    match error {
+        libp2p::TransportError::Other(io) => format!("{io:?}").contains("ConnectionRefused"),
+        libp2p::TransportError::MultiaddrNotSupported(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod address_scope_tests {
     use super::*;
@@ -1502,5 +1632,36 @@ mod address_scope_tests {
         assert!(!is_loopback(
             &"/ip4/0.0.0.0/tcp/1".parse().expect("multiaddr")
         ));
+    }
+
+    #[test]
+    fn only_a_refused_dial_says_the_peer_is_down() {
+        use std::io::{Error, ErrorKind};
+        let refused = || Error::from(ErrorKind::ConnectionRefused);
+        // The socket's error as it is, and wrapped (a real refused dial is
+        // checked by hand against this, in the late-bootstrap test of
+        // tests/network_discovery.rs).
+        assert!(connection_refused(
+            &libp2p::TransportError::Other(refused())
+        ));
+        assert!(connection_refused(&libp2p::TransportError::Other(
+            Error::other(refused())
+        )));
+        assert!(connection_refused(&libp2p::TransportError::Other(
+            Error::other(Error::other(refused()))
+        )));
+        for live in [
+            ErrorKind::TimedOut,
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(!connection_refused(&libp2p::TransportError::Other(
+                Error::other(Error::from(live))
+            )));
+        }
+        let unsupported = libp2p::TransportError::MultiaddrNotSupported(
+            "/ip4/127.0.0.1/udp/1".parse().expect("multiaddr"),
+        );
+        assert!(!connection_refused(&unsupported));
     }
 }
