@@ -473,16 +473,28 @@ async fn parent(root: &Path) -> anyhow::Result<()> {
     println!("{}", latency_line("just formed", messages, n, &l));
 
     if idle > 0 {
+        // CPU over the whole pause, and over its last third alone: the
+        // first part still holds the tail of forming (Kademlia lookups,
+        // pruning), the last is what a settled network costs.
         let before = status(&node0, &mut workers, &mut lines).await?;
         let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(idle)).await;
+        let tail = Duration::from_secs(idle / 3);
+        tokio::time::sleep(Duration::from_secs(idle) - tail).await;
+        let mid = status(&node0, &mut workers, &mut lines).await?;
+        let t1 = Instant::now();
+        tokio::time::sleep(tail).await;
         let s = status(&node0, &mut workers, &mut lines).await?;
         let cores = (s.cpu - before.cpu) / t0.elapsed().as_secs_f64();
+        let settled = (s.cpu - mid.cpu) / t1.elapsed().as_secs_f64();
         println!(
-            "after {idle} s idle (pruning): {}; CPU {:.2} cores in all, {:.2} % of a core per peer",
+            "after {idle} s idle (pruning): {}; CPU {:.2} cores in all, {:.2} % of a core per peer; \
+             last {} s alone {:.2} cores, {:.3} % per peer",
             conn_summary(&s),
             cores,
-            cores / n as f64 * 100.0
+            cores / n as f64 * 100.0,
+            tail.as_secs(),
+            settled,
+            settled / n as f64 * 100.0
         );
         let l = gossip_round(
             n,
