@@ -11,6 +11,24 @@ use libp2p::identity::Keypair;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Whether every node has every other in its Kademlia routing table, which
+/// is what `peers.json` remembers. Being connected is not enough: a peer
+/// enters the table once identify reports its listen addresses, and a node
+/// stopped before that (it happened under load, in CI) restarts on a new
+/// port knowing nobody, while the others only know its old port.
+async fn all_known(nodes: &[RunningNode]) -> bool {
+    for n in nodes {
+        match n.client().routing_table().await {
+            Ok(t)
+                if nodes
+                    .iter()
+                    .all(|o| o.peer_id() == n.peer_id() || t.contains(&o.peer_id())) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 async fn fully_connected(nodes: &[RunningNode]) -> bool {
     for n in nodes {
         match n.client().connected_peers().await {
@@ -53,6 +71,7 @@ async fn network_reforms_after_each_node_restarts() -> anyhow::Result<()> {
 
     let mut next_index = 0u64;
     for round in 0..3 {
+        wait_until(WAIT, "every node knows the others", || all_known(&nodes)).await?;
         // Stop node `round`; the others keep publishing meanwhile.
         let old = nodes.remove(round);
         let old_id = old.peer_id();

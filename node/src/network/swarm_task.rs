@@ -56,6 +56,10 @@ const PUBLISH_QUEUE_TTL: Duration = Duration::from_secs(600);
 /// after the previous one, so a burst of identifies costs one query.
 const REBOOTSTRAP_GAP: Duration = Duration::from_secs(1);
 
+/// How often Kademlia may test a full bucket's oldest peer (a dial) to make
+/// room for a new one.
+const BUCKET_CHECK_EVERY: Duration = Duration::from_secs(60);
+
 /// A bootstrap of ours still unfinished after this long is taken as lost.
 const BOOTSTRAP_GIVE_UP: Duration = Duration::from_secs(300);
 
@@ -127,6 +131,9 @@ struct Task {
     last_bootstrap: Option<Instant>,
     /// The bootstrap this node started and that is still running.
     bootstrap_query: Option<kad::QueryId>,
+    /// When Kademlia last tested each full bucket (by its index, at most
+    /// 256), see `learn_address`.
+    bucket_checked: HashMap<u32, Instant>,
     /// Current period of the sparse-table bootstrap: `bootstrap_interval`,
     /// doubled after each bootstrap that found no new peer (see
     /// `periodic_bootstrap`).
@@ -251,6 +258,7 @@ pub(crate) async fn spawn(
         kad_peers: HashSet::new(),
         last_bootstrap: None,
         bootstrap_query: None,
+        bucket_checked: HashMap::new(),
         sparse_bootstrap_every: config.bootstrap_interval,
         table_at_bootstrap: 0,
         project_topics: HashMap::new(),
@@ -270,8 +278,8 @@ pub(crate) async fn spawn(
     };
     task.join();
     task.provide_stored_blobs().await;
-    // Every line the task logs names its node: tests, benchmarks and the
-    // demo run many nodes in one process.
+    // What the task logs names its node: tests, benchmarks and the demo
+    // run many nodes in one process.
     let span = tracing::info_span!("node", peer = %task.peer_id);
     let handle = tokio::spawn(tracing::Instrument::instrument(
         task.run(commands, blob_io_rx),
@@ -315,10 +323,7 @@ impl Task {
                 continue;
             }
             for addr in &addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer, addr.clone());
+                self.learn_address(peer, addr.clone());
             }
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                 .addresses(addrs)
@@ -816,14 +821,25 @@ impl Task {
     /// with idle-connection pruning most peers in a bucket are disconnected,
     /// so in a large network nearly every new connection meant one more
     /// dial of a peer that pruning had just closed. A full bucket already
-    /// holds enough peers to route through; a peer found down (its dials
-    /// refused) is dropped from it instead, which makes room again.
+    /// holds enough peers to route through. A peer found down (its dials
+    /// refused) is dropped from it, and once a minute per bucket Kademlia
+    /// may still test the oldest peer, which makes room again.
     fn learn_address(&mut self, peer: PeerId, addr: Multiaddr) {
         let kad = &mut self.swarm.behaviour_mut().kad;
         if let Some(bucket) = kad.kbucket(peer) {
             let known = bucket.iter().any(|e| *e.node.key.preimage() == peer);
             if !known && bucket.num_entries() >= kad::K_VALUE.get() {
-                return;
+                // Still let Kademlia test a full bucket's oldest peer now
+                // and then (once a minute per bucket), so a dead peer that
+                // only times out, as one gone from the internet does, is
+                // replaced too.
+                let index = bucket.range().0.ilog2().unwrap_or(0);
+                match self.bucket_checked.get(&index) {
+                    Some(t) if t.elapsed() < BUCKET_CHECK_EVERY => return,
+                    _ => {
+                        self.bucket_checked.insert(index, Instant::now());
+                    }
+                }
             }
         }
         kad.add_address(&peer, addr);
@@ -836,7 +852,10 @@ impl Task {
         } else {
             self.sparse_bootstrap_every
         };
-        if table > 0 && self.last_bootstrap.is_none_or(|t| t.elapsed() >= interval) {
+        if table > 0
+            && !self.bootstrap_running()
+            && self.last_bootstrap.is_none_or(|t| t.elapsed() >= interval)
+        {
             self.sparse_bootstrap_every = if table == self.table_at_bootstrap {
                 (self.sparse_bootstrap_every * 2).min(SETTLED_BOOTSTRAP_INTERVAL)
             } else {
@@ -845,6 +864,13 @@ impl Task {
             self.table_at_bootstrap = table;
             self.bootstrap();
         }
+    }
+
+    fn bootstrap_running(&self) -> bool {
+        self.bootstrap_query.is_some()
+            && self
+                .last_bootstrap
+                .is_some_and(|t| t.elapsed() < BOOTSTRAP_GIVE_UP)
     }
 
     fn bootstrap(&mut self) {
@@ -861,19 +887,16 @@ impl Task {
         // 120-peer network, which opened ~550 connections a second in all
         // for minutes after forming. (Each of a bootstrap's lookups times out after 15 s, so one still
         // running after `BOOTSTRAP_GIVE_UP` was lost: never wait on it.)
-        if self.bootstrap_query.is_some()
-            && self
-                .last_bootstrap
-                .is_some_and(|t| t.elapsed() < BOOTSTRAP_GIVE_UP)
-        {
+        if self.bootstrap_running() {
             return;
         }
         // While the table is sparse, one lookup of our own id: it finds our
         // closest peers and every peer on the way, which fills a sparse
         // table, and is all a joining node needs (Kademlia's own join). The
         // full bootstrap adds a lookup per farther bucket, up to 13 at 200
-        // peers, each dialling peers that pruning then closes: run only on
-        // the settled period.
+        // peers, each dialling peers that pruning then closes: ours runs
+        // only on the settled period (and libp2p's own is cut short, see
+        // `on_kad_event`).
         let table = self.routing_table_size();
         let id = if table == 0 {
             return;
@@ -976,6 +999,17 @@ impl Task {
             {
                 tracing::debug!(lookups = step.count, took = ?self.last_bootstrap.map(|t| t.elapsed()), "bootstrap finished");
                 self.bootstrap_query = None;
+            }
+            // libp2p-kad also bootstraps by itself whenever a peer joins a
+            // table of fewer than 20 (that cannot be switched off in 0.49):
+            // a forming network of 200 ran two or three of these full
+            // bootstraps per node, 35-60 s each, for minutes. Its first
+            // step, the lookup of our own id, is the useful part; stop it
+            // there, as our own sparse-table bootstrap does.
+            kad::QueryResult::Bootstrap(_) if !step.last && self.bootstrap_query != Some(id) => {
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    query.finish();
+                }
             }
             _ => {}
         }

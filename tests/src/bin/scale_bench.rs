@@ -485,7 +485,7 @@ async fn parent(root: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(tail).await;
         let s = status(&node0, &mut workers, &mut lines).await?;
         let cores = (s.cpu - before.cpu) / t0.elapsed().as_secs_f64();
-        let settled = (s.cpu - mid.cpu) / t1.elapsed().as_secs_f64();
+        let settled = (s.cpu - mid.cpu) / t1.elapsed().as_secs_f64().max(1e-3);
         println!(
             "after {idle} s idle (pruning): {}; CPU {:.2} cores in all, {:.2} % of a core per peer; \
              last {} s alone {:.2} cores, {:.3} % per peer",
