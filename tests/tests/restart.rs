@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};
 use formic_tests::*;
+use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -19,10 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 async fn all_known(nodes: &[RunningNode]) -> bool {
     for n in nodes {
         match n.client().routing_table().await {
-            Ok(t)
-                if nodes
-                    .iter()
-                    .all(|o| o.peer_id() == n.peer_id() || t.contains(&o.peer_id())) => {}
+            Ok(table) if lists_the_others(nodes, n, &table) => {}
             _ => return false,
         }
     }
@@ -32,14 +30,18 @@ async fn all_known(nodes: &[RunningNode]) -> bool {
 async fn fully_connected(nodes: &[RunningNode]) -> bool {
     for n in nodes {
         match n.client().connected_peers().await {
-            Ok(p)
-                if nodes
-                    .iter()
-                    .all(|o| o.peer_id() == n.peer_id() || p.contains(&o.peer_id())) => {}
+            Ok(peers) if lists_the_others(nodes, n, &peers) => {}
             _ => return false,
         }
     }
     true
+}
+
+/// Whether `list`, as seen from node `me`, holds every other node.
+fn lists_the_others(nodes: &[RunningNode], me: &RunningNode, list: &[PeerId]) -> bool {
+    nodes
+        .iter()
+        .all(|o| o.peer_id() == me.peer_id() || list.contains(&o.peer_id()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
