@@ -62,6 +62,13 @@ pub struct DemoReport {
     pub wrong_accepted: usize,
     /// Unit executions reported to the network (commits).
     pub executions: usize,
+    /// Unit runs the volunteers finished, and the CPU time they took
+    /// (measured per thread; zero where the platform cannot tell).
+    pub runs: u64,
+    pub runs_cpu: Duration,
+    /// CPU time of the final honest re-run of every validated unit, one at
+    /// a time on an otherwise idle machine (zero where unmeasured).
+    pub recheck_cpu: Duration,
     /// Workers the evidence proves faulty.
     pub faulty_workers: usize,
     /// Units with an answer the owner planted and the researcher revealed.
@@ -287,7 +294,11 @@ pub async fn run(
         .map_err(|e| DemoError::Results(e.to_string()))?;
     }
     let _ = collector.shutdown().await;
+    let (mut runs, mut runs_cpu) = (0, Duration::ZERO);
     for v in volunteers {
+        let st = v.compute.status().borrow().clone();
+        runs += st.computed;
+        runs_cpu += Duration::from_millis(st.cpu_ms);
         let _ = v.shutdown().await;
     }
 
@@ -300,29 +311,40 @@ pub async fn run(
         .map(|v| (v.index, inputs[v.index as usize].clone()))
         .collect();
     let limits = crate::computing::limits_of(&manifest_limits);
-    let honest = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, ContentId)>, String> {
-        let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
-        let app = sandbox
-            .compile(apps::PRIMES_WAT.as_bytes())
-            .map_err(|e| e.to_string())?;
-        judged
-            .into_iter()
-            .map(|(index, input)| {
-                let unit = formic_protocol::messages::UnitRef {
-                    project: project_id,
-                    index,
-                };
-                let out = sandbox
-                    .run(&app, &input, *unit.id().as_bytes(), &limits, None)
-                    .map_err(|e| e.to_string())?;
-                Ok((index, ContentId::of(&out.output)))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| DemoError::Sandbox(e.to_string()))?
-    .map_err(DemoError::Sandbox)?;
-    let truth: std::collections::HashMap<u64, ContentId> = honest.into_iter().collect();
+    // Each re-run's CPU time too: the same units alone on an otherwise
+    // idle machine, the baseline the swarm benchmark compares against.
+    let honest =
+        tokio::task::spawn_blocking(move || -> Result<Vec<(u64, ContentId, Duration)>, String> {
+            let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
+            let app = sandbox
+                .compile(apps::PRIMES_WAT.as_bytes())
+                .map_err(|e| e.to_string())?;
+            judged
+                .into_iter()
+                .map(|(index, input)| {
+                    let unit = formic_protocol::messages::UnitRef {
+                        project: project_id,
+                        index,
+                    };
+                    let before = crate::compute_pool::thread_cpu_time();
+                    let out = sandbox
+                        .run(&app, &input, *unit.id().as_bytes(), &limits, None)
+                        .map_err(|e| e.to_string())?;
+                    let cpu = crate::compute_pool::thread_cpu_time()
+                        .zip(before)
+                        .map_or(Duration::ZERO, |(after, before)| {
+                            after.saturating_sub(before)
+                        });
+                    Ok((index, ContentId::of(&out.output), cpu))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| DemoError::Sandbox(e.to_string()))?
+        .map_err(DemoError::Sandbox)?;
+    let recheck_cpu = honest.iter().map(|(_, _, cpu)| *cpu).sum();
+    let truth: std::collections::HashMap<u64, ContentId> =
+        honest.into_iter().map(|(i, id, _)| (i, id)).collect();
     let wrong = validated
         .iter()
         .filter(|v| truth.get(&v.index) != Some(&v.result_hash))
@@ -339,6 +361,9 @@ pub async fn run(
         validated: validated.len(),
         wrong_accepted: wrong,
         executions,
+        runs,
+        runs_cpu,
+        recheck_cpu,
         faulty_workers,
         spot_checks: planted.answers,
         publish_time,

@@ -307,6 +307,9 @@ async fn status_shows_governor_running_units_and_credit() {
     assert_eq!(json["governor"]["state"], "running");
     assert_eq!(json["governor"]["reason"], "all_clear");
     assert!(json["compute"]["projects"][0]["credit_fuel"].as_u64() > Some(0));
+    // CPU donated, measured per unit run (the units here take well under a
+    // millisecond each, so only its presence is certain).
+    assert!(json["compute"]["cpu_ms"].is_u64(), "missing compute.cpu_ms");
 
     let _ = owner_node.shutdown().await;
     let _ = volunteer.shutdown().await;

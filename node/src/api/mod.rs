@@ -89,6 +89,10 @@ pub struct ComputeSummary {
     pub computed: u64,
     /// Units that failed here (traps, limits).
     pub failed: u64,
+    /// CPU time this node's unit runs took since it started, in
+    /// milliseconds (0 where the platform cannot measure a thread's CPU).
+    #[serde(default)]
+    pub cpu_ms: u64,
     pub projects: Vec<ProjectCredit>,
 }
 
@@ -115,6 +119,7 @@ impl From<&ComputeStatus> for ComputeSummary {
             running: c.running,
             computed: c.computed,
             failed: c.failed,
+            cpu_ms: c.cpu_ms,
             projects: c
                 .projects
                 .iter()

@@ -94,9 +94,10 @@ fn print_text(status: &NodeStatus, now_ms: u64) {
     }
     if let Some(c) = &status.compute {
         println!(
-            "computed:       {} units ({} failed), {} projects followed",
+            "computed:       {} units ({} failed) in {:.1} s of CPU, {} projects followed",
             c.computed,
             c.failed,
+            c.cpu_ms as f64 / 1000.0,
             c.projects.len()
         );
         for p in &c.projects {

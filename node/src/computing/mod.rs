@@ -119,6 +119,8 @@ pub struct ComputeStatus {
     pub running: usize,
     pub computed: u64,
     pub failed: u64,
+    /// CPU time this node's unit runs took, in milliseconds.
+    pub cpu_ms: u64,
 }
 
 /// Why a project could not be loaded.
@@ -249,6 +251,8 @@ struct JobDone {
     project: ProjectId,
     unit: UnitRef,
     result: Result<(Vec<u8>, u64), String>,
+    /// CPU time the run took on its thread (zero where unknown).
+    cpu: Duration,
 }
 
 /// Starts the computing task over a node's network.
@@ -287,6 +291,8 @@ struct Worker {
     running: usize,
     computed: u64,
     failed: u64,
+    /// CPU time of every unit run here since start.
+    cpu: Duration,
 }
 
 async fn run(
@@ -328,6 +334,7 @@ async fn run(
         running: 0,
         computed: 0,
         failed: 0,
+        cpu: Duration::ZERO,
     };
     w.restore().await;
     loop {
@@ -746,6 +753,8 @@ impl Worker {
         let governed = self.config.governed.clone();
         tokio::spawn(async move {
             let unit = order.unit;
+            // Written by the job on its thread, read here once it is done.
+            let cpu_used = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let result = async {
                 if skip {
                     return Ok((Vec::new(), 0));
@@ -758,6 +767,7 @@ impl Worker {
                         .map_err(|e| format!("fetching the input: {e}"))?,
                 };
                 let seed = *order.seed.as_bytes();
+                let cpu_slot = Arc::clone(&cpu_used);
                 let job = move || {
                     // Registered for the run's duration: the governor pauses
                     // it in place (no progress lost) and resumes it.
@@ -770,10 +780,23 @@ impl Worker {
                     let _guard = governed
                         .as_ref()
                         .map(|u| u.register_unit(control.clone(), label));
-                    sandbox
+                    let cpu_before = crate::compute_pool::thread_cpu_time();
+                    let outcome = sandbox
                         .get()?
                         .run(&app, &input, seed, &limits, Some(&control))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string());
+                    // Whether or not the unit succeeded: a trap or a limit
+                    // hit is CPU given all the same.
+                    if let Some((after, before)) =
+                        crate::compute_pool::thread_cpu_time().zip(cpu_before)
+                    {
+                        let nanos = after.saturating_sub(before).as_nanos();
+                        cpu_slot.store(
+                            u64::try_from(nanos).unwrap_or(u64::MAX),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    outcome
                 };
                 let outcome = match pool {
                     Some(pool) => pool
@@ -789,11 +812,13 @@ impl Worker {
                 outcome.map(|o| (o.output, o.fuel_used))
             }
             .await;
+            let cpu = Duration::from_nanos(cpu_used.load(std::sync::atomic::Ordering::Relaxed));
             let _ = tx
                 .send(JobDone {
                     project,
                     unit,
                     result,
+                    cpu,
                 })
                 .await;
         });
@@ -801,6 +826,8 @@ impl Worker {
 
     async fn on_job_done(&mut self, done: JobDone) {
         self.running = self.running.saturating_sub(1);
+        // Failed and wasted runs count too: it is CPU the volunteer gave.
+        self.cpu += done.cpu;
         let Some(f) = self.projects.get_mut(&done.project) else {
             return;
         };
@@ -956,6 +983,7 @@ impl Worker {
             running: self.running,
             computed: self.computed,
             failed: self.failed,
+            cpu_ms: u64::try_from(self.cpu.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
