@@ -215,6 +215,9 @@ struct Followed {
     resume: Vec<WorkOrder>,
     computed_here: u64,
     fuel_by_unit: HashMap<u64, u64>,
+    /// Until when this node waits before taking its first unit of the
+    /// project (see [`FIRST_PICK_SPREAD`]); None once it may.
+    opens_at: Option<tokio::time::Instant>,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -241,6 +244,16 @@ struct LoadRetry {
 }
 
 /// First and longest wait before fetching a project's blobs again.
+/// Volunteers hear of a new project within a gossip round of each other and
+/// would all open a different unit at once, so that no unit had its second
+/// replica under way until a whole unit's time later. Each waits a random
+/// time up to this before its first pick instead: most see an earlier
+/// worker's claim by then and, as `next_work` prefers a started unit, join
+/// it, so the first results validate after about one unit's time. Half a
+/// second is several gossip rounds on the networks measured (docs/
+/// ARCHITECTURE.md) and is paid once per project.
+const FIRST_PICK_SPREAD: Duration = Duration::from_millis(500);
+
 const LOAD_RETRY_FIRST: Duration = Duration::from_secs(2);
 const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Fetch attempts before a project is given up (about 40 minutes in all);
@@ -359,6 +372,11 @@ async fn run(
                 w.schedule().await;
             }
             Some(done) = jobs_rx.recv() => w.on_job_done(done).await,
+            // A project's first pick, on time rather than at the next tick.
+            () = sleep_until_some(w.next_opening()) => {
+                w.open_due();
+                w.schedule().await;
+            }
             _ = tick.tick() => {
                 w.retry_loads();
                 w.schedule().await;
@@ -370,7 +388,30 @@ async fn run(
     tracing::debug!("computing task stopped: the network's event channel closed");
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Worker {
+    /// The earliest pending first pick of a followed project.
+    fn next_opening(&self) -> Option<tokio::time::Instant> {
+        self.projects.values().filter_map(|f| f.opens_at).min()
+    }
+
+    /// Lets the projects whose first-pick wait is over be scheduled.
+    fn open_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for f in self.projects.values_mut() {
+            if f.opens_at.is_some_and(|at| at <= now) {
+                f.opens_at = None;
+            }
+        }
+    }
+
     /// After a restart: follows again what was followed before, from the
     /// state store and the records restored from it (an announcement held
     /// is a project to load). Each project then resumes its own unfinished
@@ -649,6 +690,10 @@ impl Worker {
                     resume: Vec::new(),
                     computed_here: 0,
                     fuel_by_unit: HashMap::new(),
+                    opens_at: Some(
+                        tokio::time::Instant::now()
+                            + FIRST_PICK_SPREAD.mul_f64(rand::thread_rng().r#gen::<f64>()),
+                    ),
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -707,6 +752,9 @@ impl Worker {
                     let limits = limits_of(f.state.manifest());
                     self.spawn_job(id, order, app, limits);
                     continue;
+                }
+                if f.opens_at.is_some() {
+                    break;
                 }
                 let draw: u32 = rand::thread_rng().r#gen();
                 let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
