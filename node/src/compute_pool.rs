@@ -250,36 +250,6 @@ pub fn current_tid() -> i64 {
     }
 }
 
-/// CPU time the calling thread has used so far (user + system), where the
-/// platform can tell; None elsewhere. A unit runs on one thread from start
-/// to end (see `formic_work_units::driver`), so the difference around a run
-/// is the CPU the unit really took: what `formic status` reports as CPU
-/// donated and what the swarm benchmark divides by, since fuel converts to
-/// time at a rate that changes with the app, the input and the load.
-pub fn thread_cpu_time() -> Option<std::time::Duration> {
-    #[cfg(unix)]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid, writable timespec; the clock id is a
-        // constant the kernel knows.
-        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-        if !ok {
-            return None;
-        }
-        Some(std::time::Duration::new(
-            u64::try_from(ts.tv_sec).ok()?,
-            u32::try_from(ts.tv_nsec).ok()?,
-        ))
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
 /// Lowers the calling thread to the lowest CPU (and I/O) priority allowed
 /// and says which it got.
 pub fn lower_current_thread_priority() -> ThreadPriority {
@@ -323,42 +293,5 @@ pub fn lower_current_thread_priority() -> ThreadPriority {
     #[cfg(not(unix))]
     {
         ThreadPriority::Unchanged
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    /// Busy work counts, sleeping does not: the clock is the thread's CPU,
-    /// not the wall.
-    #[cfg(unix)]
-    #[test]
-    fn thread_cpu_time_counts_work_not_sleep() {
-        let start = thread_cpu_time().expect("thread CPU clock");
-        std::thread::sleep(Duration::from_millis(200));
-        let slept = thread_cpu_time().expect("clock").saturating_sub(start);
-        assert!(
-            slept < Duration::from_millis(100),
-            "sleep counted: {slept:?}"
-        );
-
-        let start = thread_cpu_time().expect("clock");
-        let until = Instant::now() + Duration::from_millis(150);
-        let mut x = 0u64;
-        while Instant::now() < until {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        let spun = thread_cpu_time().expect("clock").saturating_sub(start);
-        // Under load the thread may get less than the wall time, never more.
-        assert!(
-            spun > Duration::from_millis(10),
-            "work not counted: {spun:?}"
-        );
-        assert!(
-            spun <= Duration::from_millis(250),
-            "more CPU than wall: {spun:?}"
-        );
     }
 }

@@ -18,6 +18,7 @@ pub mod governor;
 pub mod identity;
 pub mod logging;
 pub mod network;
+pub mod os_clocks;
 pub mod owner;
 pub mod preferences;
 pub mod service;

@@ -7,8 +7,9 @@
 ;;
 ;; Algorithm: segmented sieve of Eratosthenes. Base primes up to
 ;; sqrt(hi - 1) are sieved once, then [lo, hi) is sieved in 32 KiB segments,
-;; so the cost is roughly proportional to hi - lo (plus ~sqrt(hi) per segment
-;; for walking the base primes), which makes "N-second units" easy to cut.
+;; so the cost is roughly proportional to hi - lo plus ~sqrt(hi) per segment
+;; for walking the base primes: a number near 10^10 costs about twice one
+;; near 10^8, so time "N-second units" where they lie, not at 0.
 ;; Memory: 1 page for I/O, 32 KiB segment at 65536, base sieve at 131072,
 ;; base primes after it; grown on demand (~5 MiB at hi = 10^12).
 (module

@@ -3,8 +3,10 @@
 //! these; each file's header documents its input and output formats.
 
 /// Counts primes in `[lo, hi)`. Input: `"lo hi"` in decimal
-/// (`hi <= 10^12`); output: the count in decimal and `"\n"`. Cost is
-/// roughly proportional to `hi - lo` (see [`primes_input`]).
+/// (`hi <= 10^12`); output: the count in decimal and `"\n"`. Cost grows
+/// with `hi - lo` and, as every segment walks the base primes up to
+/// `sqrt(hi)`, with `hi` too: a number near 10^10 costs about twice one near
+/// 10^8 (see [`primes_input`]).
 pub const PRIMES_WAT: &str = include_str!("../apps/primes.wat");
 
 /// One Mandelbrot tile in f64. Input: [`mandelbrot_input`]; output:

@@ -89,10 +89,11 @@ pub struct ComputeSummary {
     pub computed: u64,
     /// Units that failed here (traps, limits).
     pub failed: u64,
-    /// CPU time this node's unit runs took since it started, in
-    /// milliseconds (0 where the platform cannot measure a thread's CPU).
-    #[serde(default)]
-    pub cpu_ms: u64,
+    /// CPU time this node's finished unit runs took since it started
+    /// (failed runs included), in milliseconds; absent where the platform
+    /// cannot measure a thread's CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
     pub projects: Vec<ProjectCredit>,
 }
 

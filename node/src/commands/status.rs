@@ -93,11 +93,14 @@ fn print_text(status: &NodeStatus, now_ms: u64) {
         }
     }
     if let Some(c) = &status.compute {
+        let cpu = c
+            .cpu_ms
+            .map(|ms| format!(" in {:.1} s of CPU", ms as f64 / 1000.0))
+            .unwrap_or_default();
         println!(
-            "computed:       {} units ({} failed) in {:.1} s of CPU, {} projects followed",
+            "computed:       {} units ({} failed){cpu}, {} projects followed",
             c.computed,
             c.failed,
-            c.cpu_ms as f64 / 1000.0,
             c.projects.len()
         );
         for p in &c.projects {

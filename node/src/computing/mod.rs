@@ -119,8 +119,9 @@ pub struct ComputeStatus {
     pub running: usize,
     pub computed: u64,
     pub failed: u64,
-    /// CPU time this node's unit runs took, in milliseconds.
-    pub cpu_ms: u64,
+    /// CPU time this node's unit runs took since it started, failed runs
+    /// included, in milliseconds; None where it cannot be measured.
+    pub cpu_ms: Option<u64>,
 }
 
 /// Why a project could not be loaded.
@@ -243,17 +244,19 @@ struct LoadRetry {
     attempt: u32,
 }
 
-/// First and longest wait before fetching a project's blobs again.
-/// Volunteers hear of a new project within a gossip round of each other and
-/// would all open a different unit at once, so that no unit had its second
-/// replica under way until a whole unit's time later. Each waits a random
-/// time up to this before its first pick instead: most see an earlier
-/// worker's claim by then and, as `next_work` prefers a started unit, join
-/// it, so the first results validate after about one unit's time. Half a
-/// second is several gossip rounds on the networks measured (docs/
-/// ARCHITECTURE.md) and is paid once per project.
+/// Volunteers hear of a new project within a gossip round or so of each
+/// other and would all open a different unit at once, so that no unit had
+/// its second replica under way until a whole unit's time later. Each
+/// waits a random time up to this before its first pick instead: most see
+/// an earlier worker's claim by then and, as `next_work` prefers a started
+/// unit, join it, so the first results validate after about one unit's
+/// time. Half a second is many gossip rounds on a LAN or a network of a few
+/// hundred peers, fewer at 1,000 local peers on 2 cores (p50 0.7 s, see
+/// README), where some workers still open a unit of their own. Paid each
+/// time a computing node loads a project: once, and again after a restart.
 const FIRST_PICK_SPREAD: Duration = Duration::from_millis(500);
 
+/// First and longest wait before fetching a project's blobs again.
 const LOAD_RETRY_FIRST: Duration = Duration::from_secs(2);
 const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Fetch attempts before a project is given up (about 40 minutes in all);
@@ -264,8 +267,9 @@ struct JobDone {
     project: ProjectId,
     unit: UnitRef,
     result: Result<(Vec<u8>, u64), String>,
-    /// CPU time the run took on its thread (zero where unknown).
-    cpu: Duration,
+    /// CPU time the run took on its thread (None where unknown or where
+    /// it never ran).
+    cpu: Option<Duration>,
 }
 
 /// Starts the computing task over a node's network.
@@ -679,6 +683,7 @@ impl Worker {
             }
             tracing::info!(project = %project.short(), name = %state.manifest().name, units = state.unit_count(),
                 computing = app.is_some(), "following project");
+            let computes = app.is_some();
             self.projects.insert(
                 project,
                 Followed {
@@ -690,10 +695,11 @@ impl Worker {
                     resume: Vec::new(),
                     computed_here: 0,
                     fuel_by_unit: HashMap::new(),
-                    opens_at: Some(
+                    // Only a node that computes picks units.
+                    opens_at: computes.then(|| {
                         tokio::time::Instant::now()
-                            + FIRST_PICK_SPREAD.mul_f64(rand::thread_rng().r#gen::<f64>()),
-                    ),
+                            + FIRST_PICK_SPREAD.mul_f64(rand::thread_rng().r#gen::<f64>())
+                    }),
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -753,9 +759,12 @@ impl Worker {
                     self.spawn_job(id, order, app, limits);
                     continue;
                 }
-                if f.opens_at.is_some() {
+                if f.opens_at
+                    .is_some_and(|at| tokio::time::Instant::now() < at)
+                {
                     break;
                 }
+                f.opens_at = None;
                 let draw: u32 = rand::thread_rng().r#gen();
                 let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
                     break;
@@ -801,21 +810,18 @@ impl Worker {
         let governed = self.config.governed.clone();
         tokio::spawn(async move {
             let unit = order.unit;
-            // Written by the job on its thread, read here once it is done.
-            let cpu_used = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let result = async {
                 if skip {
-                    return Ok((Vec::new(), 0));
+                    return (Ok((Vec::new(), 0)), None);
                 }
                 let input = match order.input {
                     Data::Inline(b) => b,
-                    Data::Blob(r) => client
-                        .fetch_blob(r)
-                        .await
-                        .map_err(|e| format!("fetching the input: {e}"))?,
+                    Data::Blob(r) => match client.fetch_blob(r).await {
+                        Ok(b) => b,
+                        Err(e) => return (Err(format!("fetching the input: {e}")), None),
+                    },
                 };
                 let seed = *order.seed.as_bytes();
-                let cpu_slot = Arc::clone(&cpu_used);
                 let job = move || {
                     // Registered for the run's duration: the governor pauses
                     // it in place (no progress lost) and resumes it.
@@ -828,39 +834,31 @@ impl Worker {
                     let _guard = governed
                         .as_ref()
                         .map(|u| u.register_unit(control.clone(), label));
-                    let cpu_before = crate::compute_pool::thread_cpu_time();
-                    let outcome = sandbox
-                        .get()?
-                        .run(&app, &input, seed, &limits, Some(&control))
-                        .map_err(|e| e.to_string());
-                    // Whether or not the unit succeeded: a trap or a limit
-                    // hit is CPU given all the same.
-                    if let Some((after, before)) =
-                        crate::compute_pool::thread_cpu_time().zip(cpu_before)
-                    {
-                        let nanos = after.saturating_sub(before).as_nanos();
-                        cpu_slot.store(
-                            u64::try_from(nanos).unwrap_or(u64::MAX),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                    }
-                    outcome
+                    // CPU counted whether or not the unit succeeds: a trap
+                    // or a limit hit is CPU given all the same.
+                    crate::os_clocks::with_thread_cpu(|| {
+                        sandbox
+                            .get()?
+                            .run(&app, &input, seed, &limits, Some(&control))
+                            .map_err(|e| e.to_string())
+                    })
                 };
-                let outcome = match pool {
-                    Some(pool) => pool
-                        .submit(job)
-                        .await
-                        .map_err(|e| format!("the compute pool refused the unit: {e}"))?
-                        .await
-                        .map_err(|_| "the unit's thread failed".to_owned())?,
+                let ran = match pool {
+                    Some(pool) => match pool.submit(job).await {
+                        Ok(rx) => rx.await.map_err(|_| "the unit's thread failed".to_owned()),
+                        Err(e) => Err(format!("the compute pool refused the unit: {e}")),
+                    },
                     None => tokio::task::spawn_blocking(job)
                         .await
-                        .map_err(|e| format!("the unit's thread failed: {e}"))?,
+                        .map_err(|e| format!("the unit's thread failed: {e}")),
                 };
-                outcome.map(|o| (o.output, o.fuel_used))
+                match ran {
+                    Ok((outcome, cpu)) => (outcome.map(|o| (o.output, o.fuel_used)), cpu),
+                    Err(e) => (Err(e), None),
+                }
             }
             .await;
-            let cpu = Duration::from_nanos(cpu_used.load(std::sync::atomic::Ordering::Relaxed));
+            let (result, cpu) = result;
             let _ = tx
                 .send(JobDone {
                     project,
@@ -875,7 +873,7 @@ impl Worker {
     async fn on_job_done(&mut self, done: JobDone) {
         self.running = self.running.saturating_sub(1);
         // Failed and wasted runs count too: it is CPU the volunteer gave.
-        self.cpu += done.cpu;
+        self.cpu += done.cpu.unwrap_or_default();
         let Some(f) = self.projects.get_mut(&done.project) else {
             return;
         };
@@ -1031,7 +1029,9 @@ impl Worker {
             running: self.running,
             computed: self.computed,
             failed: self.failed,
-            cpu_ms: u64::try_from(self.cpu.as_millis()).unwrap_or(u64::MAX),
+            // None where this platform cannot measure a thread's CPU.
+            cpu_ms: crate::os_clocks::thread_cpu()
+                .map(|_| u64::try_from(self.cpu.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -254,19 +254,10 @@ pub fn combine_idle(readings: &[UserIdle]) -> UserIdle {
     }
 }
 
-/// CLOCK_MONOTONIC in microseconds, the clock of logind's `*Monotonic`.
+/// CLOCK_MONOTONIC in microseconds, the clock of logind's `*Monotonic`
+/// (0 if unreadable, which reads as "active just now": the safe side).
 fn monotonic_now_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
-        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
+    crate::os_clocks::monotonic().map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl IdleSource for LogindIdleSource {
