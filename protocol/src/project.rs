@@ -12,7 +12,7 @@
 //! commits, so the worker being audited has committed before any sign of the
 //! audit exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use libp2p_identity::Keypair;
 
@@ -140,6 +140,18 @@ pub struct ProjectState {
     /// `next_work` starts there instead of rescanning a finished prefix on
     /// every call. Reset whenever a unit may have re-opened.
     order_start: usize,
+    /// Each unit's position in `order`, to rank started units without
+    /// walking the order.
+    order_pos: HashMap<u64, usize>,
+    /// Units with records that were not settled when last looked at: the
+    /// candidates for joining a started unit. Units leave it once
+    /// validated with an output and come back when a record arrives or
+    /// after any reset of `order_start` (rebuilt from `units`). Without it
+    /// `next_work` walked the whole order looking for a started unit, so a
+    /// 4,000-unit project spent a fifth of the swarm's CPU there.
+    unsettled: BTreeSet<u64>,
+    /// `unsettled` must be rebuilt before its next use.
+    unsettled_stale: bool,
 }
 
 impl ProjectState {
@@ -165,6 +177,9 @@ impl ProjectState {
             outcome: None,
             order: None,
             order_start: 0,
+            order_pos: HashMap::new(),
+            unsettled: BTreeSet::new(),
+            unsettled_stale: false,
         })
     }
 
@@ -225,7 +240,7 @@ impl ProjectState {
         self.seeds.insert(b.seq, b.seed);
         self.batches.insert(b.seq, batch.clone());
         self.order = None;
-        self.order_start = 0;
+        self.reset_cursor();
         self.outcome = None;
         Ok(Applied::New)
     }
@@ -277,6 +292,7 @@ impl ProjectState {
                 }
                 recs.claims.insert(w, s.clone());
                 recs.claim_expiry.insert(w, c.lease_until_ms);
+                self.unsettled.insert(c.unit.index);
                 Ok(Applied::New)
             }
             Gossip::Commit(s) => {
@@ -291,6 +307,7 @@ impl ProjectState {
                 }
                 recs.commits.insert(w, s.clone());
                 recs.seals.insert(w, c.seal);
+                self.unsettled.insert(c.unit.index);
                 // A reveal that arrived first becomes evidence now, if the
                 // commit's seal matches it.
                 let opened = recs
@@ -327,6 +344,7 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 recs.reveals.insert(w, s.clone());
+                self.unsettled.insert(r.unit.index);
                 let evidence = RevealEvidence {
                     worker: w,
                     unit: r.unit,
@@ -364,7 +382,7 @@ impl ProjectState {
                     );
                 }
                 self.outcome = None;
-                self.order_start = 0;
+                self.reset_cursor();
                 Ok(Applied::New)
             }
         }
@@ -420,6 +438,8 @@ impl ProjectState {
     /// project's validation cost grow with the square of its size.
     fn add_evidence(&mut self, r: RevealEvidence) {
         let unit = r.unit;
+        let settled = |o: &Outcome| matches!(o.verdicts.get(&unit), Some(Verdict::Validated { workers, .. }) if !workers.is_empty());
+        let was_settled = self.outcome.as_ref().is_some_and(settled);
         let before = self
             .outcome
             .as_ref()
@@ -431,16 +451,18 @@ impl ProjectState {
             }
             _ => false,
         };
-        let still_settled = kept
-            && self.outcome.as_ref().is_some_and(|o| {
-                matches!(o.verdicts.get(&unit), Some(Verdict::Validated { workers, .. }) if !workers.is_empty())
-            });
+        let still_settled = kept && self.outcome.as_ref().is_some_and(settled);
         if !kept {
             self.outcome = None;
         }
-        if !still_settled {
-            // The unit (or, after a full run, any unit) may need work again.
-            self.order_start = 0;
+        // `next_work`'s cursor skips only settled units, so it must go back
+        // when one may have become unsettled: after a full recomputation
+        // any unit may have, after this unit's own re-decision only this
+        // one. A unit that was not settled (a first reveal of a pending
+        // unit, most reveals) leaves the cursor alone: resetting it there
+        // made every scheduling decision walk the settled prefix again.
+        if !kept || (was_settled && !still_settled) {
+            self.reset_cursor();
         }
     }
 
@@ -514,7 +536,7 @@ impl ProjectState {
         me: &SignerKey,
         now_ms: u64,
         draw: u32,
-        busy: &std::collections::BTreeSet<u64>,
+        busy: &BTreeSet<u64>,
     ) -> Option<WorkOrder> {
         if self.order.as_ref().is_none_or(|(w, _)| w != me) {
             let mut ranked: Vec<(u64, u64)> = self
@@ -536,8 +558,14 @@ impl ProjectState {
                 })
                 .collect();
             ranked.sort_unstable();
-            self.order = Some((*me, ranked.into_iter().map(|(_, i)| i).collect()));
-            self.order_start = 0;
+            let order: Vec<u64> = ranked.into_iter().map(|(_, i)| i).collect();
+            self.order_pos = order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
+            self.order = Some((*me, order));
+            self.reset_cursor();
+        }
+        if self.unsettled_stale {
+            self.unsettled = self.units.keys().copied().collect();
+            self.unsettled_stale = false;
         }
         // Compute (or reuse) the verdicts, then only borrow from here on:
         // this runs for every scheduling decision and must not copy state.
@@ -549,67 +577,116 @@ impl ProjectState {
             .as_ref()
             .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
+        let settled = |index: u64| {
+            matches!(
+                outcome.verdicts.get(&UnitRef {
+                    project: self.id,
+                    index,
+                }),
+                Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
+            )
+        };
         // Skip the settled prefix: units validated with an output, or that
         // this worker already claimed or committed to, stay so until a
         // reset (see `order_start`).
         let mut start = self.order_start.min(order.len());
         while let Some(index) = order.get(start) {
-            let unit = UnitRef {
-                project: self.id,
-                index: *index,
-            };
-            let settled = self.units.get(index).is_some_and(|r| r.involves(me))
-                || matches!(
-                    outcome.verdicts.get(&unit),
-                    Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
-                );
-            if !settled {
+            if !self.units.get(index).is_some_and(|r| r.involves(me)) && !settled(*index) {
                 break;
             }
             start += 1;
         }
         self.order_start = start;
-        let audit = assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm);
-        // A hidden audit may re-check any unit with commits, settled or not.
-        let order = if audit { order } else { &order[start..] };
-        // A unit that already has a replica under way or revealed is taken
-        // before a fresh one, so a unit's replicas run side by side and it
-        // validates as soon as they finish, instead of every worker opening
-        // a new unit and validations trailing by a whole unit's time.
-        let mut fresh: Option<WorkOrder> = None;
-        for index in order {
-            let recs = self.units.get(index);
-            if busy.contains(index) || recs.is_some_and(|r| r.involves(me)) {
-                continue;
+        // Whether `me` may take `index` at all: not already running it
+        // here or involved in it, and a veteran where only one will do.
+        let may_take = |index: u64, recs: Option<&UnitRecords>| {
+            if busy.contains(&index) || recs.is_some_and(|r| r.involves(me)) {
+                return false;
             }
-            let unit = UnitRef {
-                project: self.id,
-                index: *index,
-            };
             let needs_veteran = matches!(
-                outcome.verdicts.get(&unit),
+                outcome.verdicts.get(&UnitRef {
+                    project: self.id,
+                    index,
+                }),
                 Some(Verdict::Pending {
                     need: Need::VeteranReplica,
                     ..
                 })
             );
-            if needs_veteran && !veteran {
+            veteran || !needs_veteran
+        };
+        // How many more replicas `index` wants from `me`.
+        let open = |index: u64, recs: Option<&UnitRecords>| -> usize {
+            if may_take(index, recs) {
+                self.open_slots(index, outcome, now_ms)
+            } else {
+                0
+            }
+        };
+        let is_started = |recs: Option<&UnitRecords>| {
+            recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty())
+        };
+        if assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm) {
+            // A hidden audit may re-check any unit with commits, settled or
+            // not; otherwise the same preference as below, over the whole
+            // order.
+            let mut fresh: Option<u64> = None;
+            for index in order {
+                let recs = self.units.get(index);
+                let slots = open(*index, recs);
+                let auditable =
+                    recs.is_some_and(|r| !r.commits.is_empty()) && may_take(*index, recs);
+                if auditable || (slots > 0 && is_started(recs)) {
+                    return self.work_order(*index, slots == 0);
+                }
+                if slots > 0 && fresh.is_none() {
+                    fresh = Some(*index);
+                }
+            }
+            return fresh.and_then(|i| self.work_order(i, false));
+        }
+        // A unit that already has a replica under way or revealed is taken
+        // before a fresh one, so a unit's replicas run side by side and it
+        // validates as soon as they finish, instead of every worker opening
+        // a new unit and validations trailing by a whole unit's time. Among
+        // started units, the first in this worker's own order.
+        let mut best: Option<(usize, u64)> = None;
+        let mut done: Vec<u64> = Vec::new();
+        for index in &self.unsettled {
+            if settled(*index) {
+                done.push(*index);
                 continue;
             }
-            let slots = self.open_slots(*index, outcome, now_ms);
-            let started = recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty());
-            let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
-            if slots > 0 || auditable {
-                let order = self.work_order(*index, slots == 0)?;
-                if started || auditable {
-                    return Some(order);
-                }
-                if fresh.is_none() {
-                    fresh = Some(order);
-                }
+            let recs = self.units.get(index);
+            if !is_started(recs) || open(*index, recs) == 0 {
+                continue;
+            }
+            if let Some(pos) = self.order_pos.get(index)
+                && best.is_none_or(|(p, _)| *pos < p)
+            {
+                best = Some((*pos, *index));
             }
         }
-        fresh
+        let fresh = match best {
+            Some(_) => None,
+            None => order[start..].iter().copied().find(|index| {
+                let recs = self.units.get(index);
+                !is_started(recs) && open(*index, recs) > 0
+            }),
+        };
+        for index in done {
+            self.unsettled.remove(&index);
+        }
+        best.map(|(_, i)| i)
+            .or(fresh)
+            .and_then(|i| self.work_order(i, false))
+    }
+
+    /// Sends `next_work`'s cursor back to the start of the order and marks
+    /// the unsettled set for a rebuild: some unit may need work again.
+    fn reset_cursor(&mut self) {
+        self.order_start = 0;
+        self.unsettled_stale = true;
     }
 
     /// Whether `me` has committed to unit `index`.
@@ -736,5 +813,215 @@ impl ProjectState {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `next_work` keeps indexes (a cursor over settled units, the set of
+    //! unsettled started units) so that it does not walk the whole order
+    //! on every call. These tests drive several workers through random
+    //! claims, commits, reveals, lapsed leases, a saboteur and hidden
+    //! audits, and check after every step that it picks exactly what the
+    //! plain definition picks: the first started unit with an open slot in
+    //! the worker's order, else the first fresh one (any unit with commits
+    //! on an audit draw).
+    use super::*;
+    use crate::messages::{BlobRef, Limits, Policy};
+    use proptest::prelude::*;
+
+    const LEASE: u64 = 1_000;
+
+    /// The definition, walking the whole order each time.
+    fn reference(
+        state: &mut ProjectState,
+        me: &SignerKey,
+        now_ms: u64,
+        draw: u32,
+        busy: &BTreeSet<u64>,
+    ) -> Option<WorkOrder> {
+        let mut ranked: Vec<(u64, u64)> = state
+            .specs
+            .iter()
+            .filter_map(|(i, (seq, _))| {
+                let unit = UnitRef {
+                    project: state.id,
+                    index: *i,
+                };
+                Some((assignment::rank(state.seeds.get(seq)?, &unit, me), *i))
+            })
+            .collect();
+        ranked.sort_unstable();
+        let outcome = state.outcome().clone();
+        let veteran = outcome.is_veteran(me, &state.policy);
+        let audit = assignment::should_audit(draw, state.manifest.policy.audit_rate_ppm);
+        let mut fresh = None;
+        for (_, index) in ranked {
+            let recs = state.units.get(&index);
+            if busy.contains(&index) || recs.is_some_and(|r| r.involves(me)) {
+                continue;
+            }
+            let unit = UnitRef {
+                project: state.id,
+                index,
+            };
+            let settled = matches!(outcome.verdicts.get(&unit),
+                Some(Verdict::Validated { workers, .. }) if !workers.is_empty());
+            if settled && !audit {
+                continue;
+            }
+            let needs_veteran = matches!(
+                outcome.verdicts.get(&unit),
+                Some(Verdict::Pending {
+                    need: Need::VeteranReplica,
+                    ..
+                })
+            );
+            if needs_veteran && !veteran {
+                continue;
+            }
+            let slots = state.open_slots(index, &outcome, now_ms);
+            let started = recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty());
+            let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
+            if slots > 0 || auditable {
+                if started || auditable {
+                    return state.work_order(index, slots == 0);
+                }
+                if fresh.is_none() {
+                    fresh = Some(index);
+                }
+            }
+        }
+        fresh.and_then(|i| state.work_order(i, false))
+    }
+
+    struct Worker {
+        key: Keypair,
+        me: SignerKey,
+        state: ProjectState,
+        /// Claimed or audited here, not yet committed.
+        running: BTreeSet<u64>,
+        held: Vec<(UnitRef, Signed<Reveal>)>,
+        commits: usize,
+    }
+
+    fn workers(n: u8, units: u64, audit_rate_ppm: u32) -> Vec<Worker> {
+        let owner = Keypair::ed25519_from_bytes([200; 32]).expect("key");
+        let manifest = ProjectManifest {
+            name: "next_work".into(),
+            app: BlobRef::of(b"app"),
+            limits: Limits {
+                fuel_per_unit: 1_000,
+                memory_bytes: 1 << 20,
+                max_output_bytes: 64,
+                wall_clock_ms: 1_000,
+            },
+            policy: Policy {
+                quorum: 2,
+                max_replicas: 4,
+                lease_ms: LEASE,
+                audit_rate_ppm,
+            },
+            created_at_ms: 0,
+        };
+        let m = Signed::sign(&owner, &manifest).expect("sign");
+        let batch = Batch {
+            project: m.id(),
+            seq: 0,
+            seed: [7; 32],
+            units: (0..units)
+                .map(|index| UnitSpec {
+                    index,
+                    input: Data::Inline(vec![index as u8]),
+                })
+                .collect(),
+        };
+        let b = Signed::sign(&owner, &batch).expect("sign");
+        (0..n)
+            .map(|i| {
+                let key = Keypair::ed25519_from_bytes([i + 1; 32]).expect("key");
+                let mut state = ProjectState::new(&m, 0).expect("manifest");
+                state.add_batch(&b).expect("batch");
+                Worker {
+                    me: SignerKey::of(&key).expect("ed25519"),
+                    key,
+                    state,
+                    running: BTreeSet::new(),
+                    held: Vec::new(),
+                    commits: 0,
+                }
+            })
+            .collect()
+    }
+
+    fn broadcast(workers: &mut [Worker], record: &Gossip) {
+        for w in workers.iter_mut() {
+            let _ = w.state.apply(record);
+        }
+    }
+
+    /// One step: (worker, what it does, milliseconds that pass, its draw).
+    /// What: 0 = ask for work and claim it, 1 = finish one running unit,
+    /// 2 = reveal what may be revealed.
+    fn step() -> impl Strategy<Value = (usize, u8, u64, u32)> {
+        (0usize..5, 0u8..3, 0u64..400, any::<u32>())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn next_work_picks_what_the_definition_picks(
+            steps in proptest::collection::vec(step(), 1..600),
+            audits in prop_oneof![Just(0u32), Just(300_000u32)],
+        ) {
+            let mut ws = workers(5, 8, audits);
+            let mut now = 0;
+            for (i, what, dt, draw) in steps {
+                now += dt;
+                match what {
+                    0 => {
+                        let w = &mut ws[i];
+                        let expect = reference(&mut w.state.clone(), &w.me, now, draw, &w.running);
+                        let got = w.state.next_work(&w.me, now, draw, &w.running);
+                        prop_assert_eq!(&got, &expect);
+                        if let Some(order) = got {
+                            w.running.insert(order.unit.index);
+                            if let Some(claim) = w.state.claim(&w.key, &order, now).expect("claim") {
+                                broadcast(&mut ws, &Gossip::Claim(claim));
+                            }
+                        }
+                    }
+                    1 => {
+                        let Some(index) = ws[i].running.pop_first() else { continue };
+                        let unit = UnitRef { project: ws[i].state.id, index };
+                        // Worker 4 is honest for its first three units,
+                        // then defects: proven faulty, it re-opens the
+                        // units it helped validate.
+                        ws[i].commits += 1;
+                        let output = if i == 4 && ws[i].commits > 2 {
+                            vec![0xff]
+                        } else {
+                            vec![index as u8, 1]
+                        };
+                        let (commit, reveal) = ws[i]
+                            .state
+                            .commit(&ws[i].key, unit, Data::Inline(output), 10, "test")
+                            .expect("commit");
+                        ws[i].held.push((unit, reveal));
+                        broadcast(&mut ws, &Gossip::Commit(commit));
+                    }
+                    _ => {
+                        let held = std::mem::take(&mut ws[i].held);
+                        for (unit, reveal) in held {
+                            if ws[i].state.may_reveal(&unit) {
+                                broadcast(&mut ws, &Gossip::Reveal(reveal));
+                            } else {
+                                ws[i].held.push((unit, reveal));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
