@@ -135,18 +135,20 @@ pub struct ProjectState {
     outcome: Option<Outcome>,
     /// Preference order cache: (worker, unit indices in rank order).
     order: Option<(SignerKey, Vec<u64>)>,
-    /// Every unit before this position in `order` is settled for that
-    /// worker (validated with an output, or it already worked on it), so
-    /// `next_work` starts there instead of rescanning a finished prefix on
-    /// every call. Reset whenever a unit may have re-opened.
+    /// Every unit before this position in `order` is started (has a
+    /// claim, commit or reveal), so `next_work`'s search for a fresh unit
+    /// starts there instead of rescanning the order on every call. Started
+    /// units never become fresh again (records are never removed), so it
+    /// goes back to 0 only when the order itself is rebuilt.
     order_start: usize,
     /// Each unit's position in `order`, to rank started units without
     /// walking the order.
     order_pos: HashMap<u64, usize>,
     /// Units with records that were not settled when last looked at: the
     /// candidates for joining a started unit. Units leave it once
-    /// validated with an output and come back when a record arrives or
-    /// after any reset of `order_start` (rebuilt from `units`). Without it
+    /// validated with an output and come back when a record of theirs
+    /// arrives, or all at once (rebuilt from `units`) when validation was
+    /// recomputed in full, which may re-open any unit. Without it
     /// `next_work` walked the whole order looking for a started unit, so a
     /// 4,000-unit project spent a fifth of the swarm's CPU there.
     unsettled: BTreeSet<u64>,
@@ -240,7 +242,7 @@ impl ProjectState {
         self.seeds.insert(b.seq, b.seed);
         self.batches.insert(b.seq, batch.clone());
         self.order = None;
-        self.reset_cursor();
+        self.unsettled_stale = true;
         self.outcome = None;
         Ok(Applied::New)
     }
@@ -382,7 +384,9 @@ impl ProjectState {
                     );
                 }
                 self.outcome = None;
-                self.reset_cursor();
+                // Known answers may prove workers faulty, re-opening the
+                // units they helped validate.
+                self.unsettled_stale = true;
                 Ok(Applied::New)
             }
         }
@@ -438,8 +442,6 @@ impl ProjectState {
     /// project's validation cost grow with the square of its size.
     fn add_evidence(&mut self, r: RevealEvidence) {
         let unit = r.unit;
-        let settled = |o: &Outcome| matches!(o.verdicts.get(&unit), Some(Verdict::Validated { workers, .. }) if !workers.is_empty());
-        let was_settled = self.outcome.as_ref().is_some_and(settled);
         let before = self
             .outcome
             .as_ref()
@@ -451,18 +453,12 @@ impl ProjectState {
             }
             _ => false,
         };
-        let still_settled = kept && self.outcome.as_ref().is_some_and(settled);
         if !kept {
+            // Any unit may have re-opened. When only this unit was decided
+            // again, the Commit or Reveal that brought the evidence has
+            // already put it back among the unsettled ones.
             self.outcome = None;
-        }
-        // `next_work`'s cursor skips only settled units, so it must go back
-        // when one may have become unsettled: after a full recomputation
-        // any unit may have, after this unit's own re-decision only this
-        // one. A unit that was not settled (a first reveal of a pending
-        // unit, most reveals) leaves the cursor alone: resetting it there
-        // made every scheduling decision walk the settled prefix again.
-        if !kept || (was_settled && !still_settled) {
-            self.reset_cursor();
+            self.unsettled_stale = true;
         }
     }
 
@@ -561,7 +557,7 @@ impl ProjectState {
             let order: Vec<u64> = ranked.into_iter().map(|(_, i)| i).collect();
             self.order_pos = order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
             self.order = Some((*me, order));
-            self.reset_cursor();
+            self.order_start = 0;
         }
         if self.unsettled_stale {
             self.unsettled = self.units.keys().copied().collect();
@@ -586,14 +582,16 @@ impl ProjectState {
                 Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
             )
         };
-        // Skip the settled prefix: units validated with an output, or that
-        // this worker already claimed or committed to, stay so until a
-        // reset (see `order_start`).
+        let is_started = |recs: Option<&UnitRecords>| {
+            recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty())
+        };
+        // Skip the started prefix: the search for a fresh unit below never
+        // takes a started one.
         let mut start = self.order_start.min(order.len());
-        while let Some(index) = order.get(start) {
-            if !self.units.get(index).is_some_and(|r| r.involves(me)) && !settled(*index) {
-                break;
-            }
+        while order
+            .get(start)
+            .is_some_and(|index| is_started(self.units.get(index)))
+        {
             start += 1;
         }
         self.order_start = start;
@@ -622,9 +620,6 @@ impl ProjectState {
             } else {
                 0
             }
-        };
-        let is_started = |recs: Option<&UnitRecords>| {
-            recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty())
         };
         if assignment::should_audit(draw, self.manifest.policy.audit_rate_ppm) {
             // A hidden audit may re-check any unit with commits, settled or
@@ -680,13 +675,6 @@ impl ProjectState {
         best.map(|(_, i)| i)
             .or(fresh)
             .and_then(|i| self.work_order(i, false))
-    }
-
-    /// Sends `next_work`'s cursor back to the start of the order and marks
-    /// the unsettled set for a rebuild: some unit may need work again.
-    fn reset_cursor(&mut self) {
-        self.order_start = 0;
-        self.unsettled_stale = true;
     }
 
     /// Whether `me` has committed to unit `index`.
@@ -827,7 +815,7 @@ mod tests {
     //! the worker's order, else the first fresh one (any unit with commits
     //! on an audit draw).
     use super::*;
-    use crate::messages::{BlobRef, Limits, Policy};
+    use crate::messages::{BlobRef, Limits, Policy, SpotCheckKey};
     use proptest::prelude::*;
 
     const LEASE: u64 = 1_000;
@@ -905,8 +893,17 @@ mod tests {
         commits: usize,
     }
 
-    fn workers(n: u8, units: u64, audit_rate_ppm: u32) -> Vec<Worker> {
-        let owner = Keypair::ed25519_from_bytes([200; 32]).expect("key");
+    fn owner() -> Keypair {
+        Keypair::ed25519_from_bytes([200; 32]).expect("key")
+    }
+
+    /// What an honest worker outputs for unit `index`.
+    fn honest(index: u64) -> Data {
+        Data::Inline(vec![index as u8, 1])
+    }
+
+    fn workers(n: u8, units: u64, audit_rate_ppm: u32, probation: u32) -> Vec<Worker> {
+        let owner = owner();
         let manifest = ProjectManifest {
             name: "next_work".into(),
             app: BlobRef::of(b"app"),
@@ -940,7 +937,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let key = Keypair::ed25519_from_bytes([i + 1; 32]).expect("key");
-                let mut state = ProjectState::new(&m, 0).expect("manifest");
+                let mut state = ProjectState::new(&m, probation).expect("manifest");
                 state.add_batch(&b).expect("batch");
                 Worker {
                     me: SignerKey::of(&key).expect("ed25519"),
@@ -960,11 +957,12 @@ mod tests {
         }
     }
 
-    /// One step: (worker, what it does, milliseconds that pass, its draw).
-    /// What: 0 = ask for work and claim it, 1 = finish one running unit,
-    /// 2 = reveal what may be revealed.
+    /// One step: (worker, what it does, milliseconds that pass, a draw).
+    /// What: 0-3 = ask for work and claim it, 4-6 = finish one running
+    /// unit, 7-9 = reveal what may be revealed, 10 = the owner reveals the
+    /// known answers of the units the draw picks (spot checks).
     fn step() -> impl Strategy<Value = (usize, u8, u64, u32)> {
-        (0usize..5, 0u8..3, 0u64..400, any::<u32>())
+        (0usize..5, 0u8..11, 0u64..400, any::<u32>())
     }
 
     proptest! {
@@ -973,13 +971,15 @@ mod tests {
         fn next_work_picks_what_the_definition_picks(
             steps in proptest::collection::vec(step(), 1..600),
             audits in prop_oneof![Just(0u32), Just(300_000u32)],
+            probation in prop_oneof![Just(0u32), Just(2u32)],
         ) {
-            let mut ws = workers(5, 8, audits);
+            let mut ws = workers(5, 8, audits, probation);
+            let project = ws[0].state.id;
             let mut now = 0;
             for (i, what, dt, draw) in steps {
                 now += dt;
                 match what {
-                    0 => {
+                    0..=3 => {
                         let w = &mut ws[i];
                         let expect = reference(&mut w.state.clone(), &w.me, now, draw, &w.running);
                         let got = w.state.next_work(&w.me, now, draw, &w.running);
@@ -991,24 +991,34 @@ mod tests {
                             }
                         }
                     }
-                    1 => {
+                    4..=6 => {
                         let Some(index) = ws[i].running.pop_first() else { continue };
                         let unit = UnitRef { project: ws[i].state.id, index };
-                        // Worker 4 is honest for its first three units,
-                        // then defects: proven faulty, it re-opens the
-                        // units it helped validate.
+                        // Worker 4 is honest for its first two units, then
+                        // defects: proven faulty (by a spot check or by
+                        // enough honest replicas), it re-opens the units it
+                        // helped validate.
                         ws[i].commits += 1;
                         let output = if i == 4 && ws[i].commits > 2 {
-                            vec![0xff]
+                            Data::Inline(vec![0xff])
                         } else {
-                            vec![index as u8, 1]
+                            honest(index)
                         };
                         let (commit, reveal) = ws[i]
                             .state
-                            .commit(&ws[i].key, unit, Data::Inline(output), 10, "test")
+                            .commit(&ws[i].key, unit, output, 10, "test")
                             .expect("commit");
                         ws[i].held.push((unit, reveal));
                         broadcast(&mut ws, &Gossip::Commit(commit));
+                    }
+                    10 => {
+                        let answers = (0..8u64)
+                            .filter(|index| draw & (1 << index) != 0)
+                            .map(|index| (index, honest(index).content_id()))
+                            .collect();
+                        let key = SpotCheckKey { project, batch_seq: 0, answers };
+                        let signed = Signed::sign(&owner(), &key).expect("sign");
+                        broadcast(&mut ws, &Gossip::SpotCheckKey(signed));
                     }
                     _ => {
                         let held = std::mem::take(&mut ws[i].held);
@@ -1023,5 +1033,87 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A unit validated with a worker later proven faulty re-opens; a
+    /// worker whose `next_work` had already dropped it as settled must see
+    /// it again, whether the proof arrives with the owner's known answer
+    /// or with the faulty worker's own reveal after it.
+    #[test]
+    fn a_unit_reopened_by_a_proven_fault_is_offered_again() {
+        for key_first in [false, true] {
+            reopened_unit_is_offered_again(key_first);
+        }
+    }
+
+    fn reopened_unit_is_offered_again(key_first: bool) {
+        let mut ws = workers(4, 2, 0, 0);
+        let (a, b, c, d) = (0, 1, 2, 3);
+        let project = ws[0].state.id;
+        let now = 10;
+        // Worker `w` takes its next unit, claims it and commits its output
+        // (wrong if asked); returns the unit.
+        let take = |ws: &mut Vec<Worker>, w: usize, wrong: bool| -> u64 {
+            let me = ws[w].me;
+            let order = ws[w]
+                .state
+                .next_work(&me, now, 0, &BTreeSet::new())
+                .expect("work");
+            let claim = ws[w].state.claim(&ws[w].key, &order, now).expect("claim");
+            broadcast(ws, &Gossip::Claim(claim.expect("not an audit")));
+            let index = order.unit.index;
+            let output = if wrong {
+                Data::Inline(vec![0xff])
+            } else {
+                honest(index)
+            };
+            let (commit, reveal) = ws[w]
+                .state
+                .commit(&ws[w].key, order.unit, output, 10, "test")
+                .expect("commit");
+            broadcast(ws, &Gossip::Commit(commit));
+            ws[w].held.push((order.unit, reveal));
+            index
+        };
+        let reveal = |ws: &mut Vec<Worker>, w: usize| {
+            for (_, r) in std::mem::take(&mut ws[w].held) {
+                broadcast(ws, &Gossip::Reveal(r));
+            }
+        };
+        let first = take(&mut ws, a, false);
+        assert_eq!(take(&mut ws, d, false), first, "d joins the started unit");
+        reveal(&mut ws, a);
+        reveal(&mut ws, d);
+        let second = 1 - first;
+        // b looks for work while `first` is settled, which drops it from
+        // b's candidates; b does not take what it is offered.
+        let me_b = ws[b].me;
+        let offered = ws[b].state.next_work(&me_b, now, 0, &BTreeSet::new());
+        assert_eq!(offered.map(|o| o.unit.index), Some(second));
+        assert_eq!(take(&mut ws, c, false), second);
+        assert_eq!(take(&mut ws, d, true), second, "d defects");
+        reveal(&mut ws, c);
+        if !key_first {
+            reveal(&mut ws, d);
+        }
+        // The owner's known answer for `second` proves d faulty (at once,
+        // or when d's wrong reveal follows), so `first` rests on a alone.
+        let key = SpotCheckKey {
+            project,
+            batch_seq: 0,
+            answers: vec![(second, honest(second).content_id())],
+        };
+        let key = Signed::sign(&owner(), &key).expect("sign");
+        broadcast(&mut ws, &Gossip::SpotCheckKey(key));
+        if key_first {
+            // b looks again before d's reveal: nothing is open yet.
+            assert_eq!(ws[b].state.next_work(&me_b, now, 0, &BTreeSet::new()), None);
+            reveal(&mut ws, d);
+        }
+        assert_eq!(ws[b].state.outcome().faulty.len(), 1, "d proven faulty");
+        let busy = BTreeSet::new();
+        let expect = reference(&mut ws[b].state.clone(), &me_b, now, 0, &busy);
+        assert_eq!(expect.as_ref().map(|o| o.unit.index), Some(first));
+        assert_eq!(ws[b].state.next_work(&me_b, now, 0, &busy), expect);
     }
 }
