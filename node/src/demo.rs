@@ -281,7 +281,11 @@ pub async fn run(
                 config.timeout
             )));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Finer until the first validated result is seen: that figure is
+        // one of issue 5's goals (the volunteers' status itself moves on
+        // their 100 ms tick).
+        let pause = if first_validated.is_none() { 25 } else { 250 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     };
     let mut state = state;
     if let Some(dir) = &config.results_dir {
