@@ -219,6 +219,11 @@ struct Followed {
     /// Until when this node waits before taking its first unit of the
     /// project (see [`FIRST_PICK_SPREAD`]); None once it may.
     opens_at: Option<tokio::time::Instant>,
+    /// Since when reveals have been held here without any being opened,
+    /// and how long that may last before the next pull-sync (see
+    /// [`HELD_RESYNC_FIRST`]).
+    stalled_since: Option<tokio::time::Instant>,
+    resync_after: Duration,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -255,6 +260,17 @@ struct LoadRetry {
 /// README), where some workers still open a unit of their own. Paid each
 /// time a computing node loads a project: once, and again after a restart.
 const FIRST_PICK_SPREAD: Duration = Duration::from_millis(500);
+
+/// A reveal waits for a quorum of commits. If this node missed another
+/// worker's commit (gossip drops a message when a peer's send queue is
+/// full, and the sync at subscription time is long past), it would wait for
+/// ever, and so would the unit: its slots count the held commit as in
+/// flight. So a project whose held reveals have all waited this long
+/// without any being opened is pulled again from its peers, with the wait
+/// doubling up to [`HELD_RESYNC_MAX`] while nothing moves (long units
+/// legitimately keep a reveal waiting for their partner).
+const HELD_RESYNC_FIRST: Duration = Duration::from_secs(10);
+const HELD_RESYNC_MAX: Duration = Duration::from_secs(600);
 
 /// First and longest wait before fetching a project's blobs again.
 const LOAD_RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -385,6 +401,7 @@ async fn run(
                 w.retry_loads();
                 w.schedule().await;
                 w.open_commits().await;
+                w.resync_stalled();
                 let _ = status.send(w.status());
             }
         }
@@ -700,6 +717,8 @@ impl Worker {
                         tokio::time::Instant::now()
                             + FIRST_PICK_SPREAD.mul_f64(rand::thread_rng().r#gen::<f64>())
                     }),
+                    stalled_since: None,
+                    resync_after: HELD_RESYNC_FIRST,
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -971,6 +990,16 @@ impl Worker {
                 }
             }
         }
+        let now = tokio::time::Instant::now();
+        for (id, f) in self.projects.iter_mut() {
+            let opened = to_publish.iter().any(|(p, _, _)| p == id);
+            if f.held.is_empty() || opened {
+                f.stalled_since = (!f.held.is_empty()).then_some(now);
+                f.resync_after = HELD_RESYNC_FIRST;
+            } else if f.stalled_since.is_none() {
+                f.stalled_since = Some(now);
+            }
+        }
         let mut published = Vec::new();
         for (id, index, g) in to_publish {
             let bytes = g.to_bytes().ok();
@@ -992,6 +1021,31 @@ impl Worker {
                 }
             })
             .await;
+        }
+    }
+
+    /// Pulls again every project whose held reveals have waited too long
+    /// (see [`HELD_RESYNC_FIRST`]); records that come back arrive as
+    /// events, and the next `open_commits` may then open the reveals.
+    fn resync_stalled(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (id, f) in self.projects.iter_mut() {
+            let Some(since) = f.stalled_since else {
+                continue;
+            };
+            if now.duration_since(since) < f.resync_after {
+                continue;
+            }
+            tracing::debug!(project = %id.short(), held = f.held.len(), waited = ?f.resync_after,
+                "held reveals still wait for commits: pulling the project again");
+            f.stalled_since = Some(now);
+            f.resync_after = (f.resync_after * 2).min(HELD_RESYNC_MAX);
+            let (client, project) = (self.client.clone(), *id);
+            tokio::spawn(async move {
+                if let Err(e) = client.sync_records(project).await {
+                    tracing::debug!(error = %e, "pull-sync of a stalled project failed");
+                }
+            });
         }
     }
 
