@@ -219,11 +219,13 @@ struct Followed {
     /// Until when this node waits before taking its first unit of the
     /// project (see [`FIRST_PICK_SPREAD`]); None once it may.
     opens_at: Option<tokio::time::Instant>,
-    /// Since when reveals have been held here without any being opened,
-    /// and how long that may last before the next pull-sync (see
-    /// [`HELD_RESYNC_FIRST`]).
-    stalled_since: Option<tokio::time::Instant>,
+    /// Since when each held reveal (by unit) has been held, the wait
+    /// before the next pull-sync, the last one (when, and for which unit)
+    /// and whether one is under way (see [`HELD_RESYNC_FIRST`]).
+    held_since: HashMap<u64, tokio::time::Instant>,
     resync_after: Duration,
+    last_resync: Option<(tokio::time::Instant, u64)>,
+    resync_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -717,8 +719,10 @@ impl Worker {
                         tokio::time::Instant::now()
                             + FIRST_PICK_SPREAD.mul_f64(rand::thread_rng().r#gen::<f64>())
                     }),
-                    stalled_since: None,
+                    held_since: HashMap::new(),
                     resync_after: HELD_RESYNC_FIRST,
+                    last_resync: None,
+                    resync_running: Arc::default(),
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -990,14 +994,13 @@ impl Worker {
                 }
             }
         }
+        // How long each reveal still held has waited (see resync_stalled).
         let now = tokio::time::Instant::now();
-        for (id, f) in self.projects.iter_mut() {
-            let opened = to_publish.iter().any(|(p, _, _)| p == id);
-            if f.held.is_empty() || opened {
-                f.stalled_since = (!f.held.is_empty()).then_some(now);
-                f.resync_after = HELD_RESYNC_FIRST;
-            } else if f.stalled_since.is_none() {
-                f.stalled_since = Some(now);
+        for f in self.projects.values_mut() {
+            let held: HashSet<u64> = f.held.iter().map(|(u, _)| u.index).collect();
+            f.held_since.retain(|index, _| held.contains(index));
+            for index in held {
+                f.held_since.entry(index).or_insert(now);
             }
         }
         let mut published = Vec::new();
@@ -1024,27 +1027,53 @@ impl Worker {
         }
     }
 
-    /// Pulls again every project whose held reveals have waited too long
-    /// (see [`HELD_RESYNC_FIRST`]); records that come back arrive as
-    /// events, and the next `open_commits` may then open the reveals.
+    /// Pulls again every project whose oldest held reveal has waited too
+    /// long (see [`HELD_RESYNC_FIRST`]); records that come back arrive as
+    /// events, and the next `open_commits` may then open the reveal. One
+    /// pull at a time per project; the wait doubles (with jitter, so
+    /// projects and nodes do not pull in step) while the same reveal stays
+    /// stuck, and starts over once it is opened.
     fn resync_stalled(&mut self) {
         let now = tokio::time::Instant::now();
+        let me = self.me;
         for (id, f) in self.projects.iter_mut() {
-            let Some(since) = f.stalled_since else {
+            // Only reveals whose own commit this node holds can ever open:
+            // a pull cannot help the others.
+            let oldest = f
+                .held_since
+                .iter()
+                .filter(|(index, _)| f.state.committed_by(&me, **index))
+                .min_by_key(|(_, since)| **since)
+                .map(|(index, since)| (*index, *since));
+            let Some((unit, since)) = oldest else {
+                f.resync_after = HELD_RESYNC_FIRST;
+                f.last_resync = None;
                 continue;
             };
-            if now.duration_since(since) < f.resync_after {
+            if f.last_resync.is_some_and(|(_, u)| u != unit) {
+                // The reveal stuck last time was opened: start over.
+                f.resync_after = HELD_RESYNC_FIRST;
+            }
+            let waited = now.duration_since(f.last_resync.map_or(since, |(at, _)| at.max(since)));
+            if waited < f.resync_after
+                || f.resync_running.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 continue;
             }
-            tracing::debug!(project = %id.short(), held = f.held.len(), waited = ?f.resync_after,
-                "held reveals still wait for commits: pulling the project again");
-            f.stalled_since = Some(now);
-            f.resync_after = (f.resync_after * 2).min(HELD_RESYNC_MAX);
-            let (client, project) = (self.client.clone(), *id);
+            tracing::debug!(project = %id.short(), unit, held = f.held.len(), waited = ?waited,
+                "a held reveal still waits for commits: pulling the project again");
+            f.last_resync = Some((now, unit));
+            let jitter = 1.0 + rand::thread_rng().r#gen::<f64>() / 4.0;
+            f.resync_after = (f.resync_after * 2).min(HELD_RESYNC_MAX).mul_f64(jitter);
+            f.resync_running
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let (client, project, running) =
+                (self.client.clone(), *id, Arc::clone(&f.resync_running));
             tokio::spawn(async move {
                 if let Err(e) = client.sync_records(project).await {
                     tracing::debug!(error = %e, "pull-sync of a stalled project failed");
                 }
+                running.store(false, std::sync::atomic::Ordering::Relaxed);
             });
         }
     }
