@@ -267,9 +267,9 @@ const FIRST_PICK_SPREAD: Duration = Duration::from_millis(500);
 /// worker's commit (gossip drops a message when a peer's send queue is
 /// full, and the sync at subscription time is long past), it would wait for
 /// ever, and so would the unit: its slots count the held commit as in
-/// flight. So a project whose held reveals have all waited this long
-/// without any being opened is pulled again from its peers, with the wait
-/// doubling up to [`HELD_RESYNC_MAX`] while nothing moves (long units
+/// flight. So a project whose oldest held reveal has waited this long is
+/// pulled again from its peers, with the wait doubling up to
+/// [`HELD_RESYNC_MAX`] while that reveal stays stuck (long units
 /// legitimately keep a reveal waiting for their partner).
 const HELD_RESYNC_FIRST: Duration = Duration::from_secs(10);
 const HELD_RESYNC_MAX: Duration = Duration::from_secs(600);
@@ -395,10 +395,7 @@ async fn run(
             }
             Some(done) = jobs_rx.recv() => w.on_job_done(done).await,
             // A project's first pick, on time rather than at the next tick.
-            () = sleep_until_some(w.next_opening()) => {
-                w.open_due();
-                w.schedule().await;
-            }
+            () = sleep_until_some(w.next_opening()) => w.schedule().await,
             _ = tick.tick() => {
                 w.retry_loads();
                 w.schedule().await;
@@ -420,19 +417,17 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 impl Worker {
-    /// The earliest pending first pick of a followed project.
+    /// The earliest first pick of a followed project still to come. Only
+    /// future ones: `schedule` clears a passed one when it gets to the
+    /// project, and one it could not get to (no free slot) must not wake
+    /// the loop again and again.
     fn next_opening(&self) -> Option<tokio::time::Instant> {
-        self.projects.values().filter_map(|f| f.opens_at).min()
-    }
-
-    /// Lets the projects whose first-pick wait is over be scheduled.
-    fn open_due(&mut self) {
         let now = tokio::time::Instant::now();
-        for f in self.projects.values_mut() {
-            if f.opens_at.is_some_and(|at| at <= now) {
-                f.opens_at = None;
-            }
-        }
+        self.projects
+            .values()
+            .filter_map(|f| f.opens_at)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// After a restart: follows again what was followed before, from the
