@@ -535,26 +535,7 @@ impl ProjectState {
         busy: &BTreeSet<u64>,
     ) -> Option<WorkOrder> {
         if self.order.as_ref().is_none_or(|(w, _)| w != me) {
-            let mut ranked: Vec<(u64, u64)> = self
-                .specs
-                .iter()
-                .filter_map(|(i, (seq, _))| {
-                    let seed = self.seeds.get(seq)?;
-                    Some((
-                        assignment::rank(
-                            seed,
-                            &UnitRef {
-                                project: self.id,
-                                index: *i,
-                            },
-                            me,
-                        ),
-                        *i,
-                    ))
-                })
-                .collect();
-            ranked.sort_unstable();
-            let order: Vec<u64> = ranked.into_iter().map(|(_, i)| i).collect();
+            let order = self.rendezvous_order(me);
             self.order_pos = order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
             self.order = Some((*me, order));
             self.order_start = 0;
@@ -675,6 +656,25 @@ impl ProjectState {
         best.map(|(_, i)| i)
             .or(fresh)
             .and_then(|i| self.work_order(i, false))
+    }
+
+    /// Every unit `me` knows of, in `me`'s rendezvous order (its own
+    /// preference, which no worker can steer).
+    fn rendezvous_order(&self, me: &SignerKey) -> Vec<u64> {
+        let mut ranked: Vec<(u64, u64)> = self
+            .specs
+            .iter()
+            .filter_map(|(i, (seq, _))| {
+                let seed = self.seeds.get(seq)?;
+                let unit = UnitRef {
+                    project: self.id,
+                    index: *i,
+                };
+                Some((assignment::rank(seed, &unit, me), *i))
+            })
+            .collect();
+        ranked.sort_unstable();
+        ranked.into_iter().map(|(_, i)| i).collect()
     }
 
     /// Whether `me` has committed to unit `index`.
@@ -806,14 +806,15 @@ impl ProjectState {
 
 #[cfg(test)]
 mod tests {
-    //! `next_work` keeps indexes (a cursor over settled units, the set of
-    //! unsettled started units) so that it does not walk the whole order
-    //! on every call. These tests drive several workers through random
-    //! claims, commits, reveals, lapsed leases, a saboteur and hidden
-    //! audits, and check after every step that it picks exactly what the
-    //! plain definition picks: the first started unit with an open slot in
-    //! the worker's order, else the first fresh one (any unit with commits
-    //! on an audit draw).
+    //! `next_work` keeps indexes (a cursor past the started prefix of the
+    //! order, the set of unsettled units with records) so that it does not
+    //! walk the whole order on every call. These tests drive several
+    //! workers through random claims, commits, reveals, lapsed leases,
+    //! spot-check keys, an honest-then-defecting worker and hidden audits,
+    //! and check after every step that it picks exactly what the plain
+    //! definition picks: the first started unit with an open slot in the
+    //! worker's order, else the first fresh one (any unit with commits on
+    //! an audit draw).
     use super::*;
     use crate::messages::{BlobRef, Limits, Policy, SpotCheckKey};
     use proptest::prelude::*;
@@ -828,23 +829,12 @@ mod tests {
         draw: u32,
         busy: &BTreeSet<u64>,
     ) -> Option<WorkOrder> {
-        let mut ranked: Vec<(u64, u64)> = state
-            .specs
-            .iter()
-            .filter_map(|(i, (seq, _))| {
-                let unit = UnitRef {
-                    project: state.id,
-                    index: *i,
-                };
-                Some((assignment::rank(state.seeds.get(seq)?, &unit, me), *i))
-            })
-            .collect();
-        ranked.sort_unstable();
+        let order = state.rendezvous_order(me);
         let outcome = state.outcome().clone();
         let veteran = outcome.is_veteran(me, &state.policy);
         let audit = assignment::should_audit(draw, state.manifest.policy.audit_rate_ppm);
         let mut fresh = None;
-        for (_, index) in ranked {
+        for index in order {
             let recs = state.units.get(&index);
             if busy.contains(&index) || recs.is_some_and(|r| r.involves(me)) {
                 continue;
