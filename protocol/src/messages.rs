@@ -274,6 +274,78 @@ impl SignedPayload for SpotCheckKey {
     const MAX_PAYLOAD: usize = MAX_GOSSIP_BYTES - 512;
 }
 
+/// Most records one [`GossipBundle`] may carry. Far above what fits in
+/// [`MAX_GOSSIP_BYTES`] of real records; it bounds the work an empty-record
+/// flood could cause.
+pub const MAX_BUNDLE_RECORDS: usize = 1024;
+
+/// Several records sent as one gossip message.
+///
+/// A busy worker produces hundreds of small records a second (claims,
+/// commits, reveals). Sent one per message, each paid gossipsub's per-message
+/// costs at every hop: a message id, a duplicate-cache entry, a send-queue
+/// slot and a timer per peer, a write and a wake-up. Those, not the records,
+/// were most of the protocol ceiling's CPU. A node gathers what it publishes
+/// on a topic within a few milliseconds into one bundle.
+///
+/// Each entry is a record's own wire bytes ([`Gossip::to_bytes`]), exactly
+/// what a one-record message carries, so a receiver stores and serves the
+/// same bytes whichever way a record arrived, and every record keeps its own
+/// signature: a bundle adds no trust of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipBundle {
+    pub bundle: Vec<serde_bytes::ByteBuf>,
+}
+
+/// How every bundle's encoding begins: the versioned envelope
+/// `[PROTOCOL_VERSION, {"bundle": ...}]`. No record type is named
+/// "bundle", so a receiver tells the two kinds of message apart by these
+/// bytes without decoding twice.
+const BUNDLE_PREFIX: [u8; 10] = [
+    0x82, // array of two: [version, body]
+    crate::codec::PROTOCOL_VERSION as u8,
+    0xa1, // map of one entry
+    0x66, // text of six bytes
+    b'b',
+    b'u',
+    b'n',
+    b'd',
+    b'l',
+    b'e',
+];
+
+impl GossipBundle {
+    /// Canonical wire bytes, refused locally if over [`MAX_GOSSIP_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode_versioned(self, MAX_GOSSIP_BYTES)
+    }
+
+    /// Whether a gossip message is a bundle rather than one record.
+    pub fn is_bundle(bytes: &[u8]) -> bool {
+        bytes.starts_with(&BUNDLE_PREFIX)
+    }
+
+    /// Decodes a bundle from an untrusted peer: at least one and at most
+    /// [`MAX_BUNDLE_RECORDS`] entries. The records inside are decoded and
+    /// verified one by one by the caller ([`Gossip::from_bytes`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bundle: Self = codec::decode_versioned(bytes, MAX_GOSSIP_BYTES)?;
+        if bundle.bundle.is_empty() || bundle.bundle.len() > MAX_BUNDLE_RECORDS {
+            return Err(DecodeError::BadField(format!(
+                "a bundle holds 1 to {MAX_BUNDLE_RECORDS} records, not {}",
+                bundle.bundle.len()
+            )));
+        }
+        Ok(bundle)
+    }
+
+    /// Bytes a bundle adds to its records' own: the prefix and, per record,
+    /// a byte-string header (at most 5 bytes below 4 GiB) plus the array's.
+    pub const fn overhead(records: usize) -> usize {
+        BUNDLE_PREFIX.len() + 5 + 5 * records
+    }
+}
+
 /// Everything that travels over gossipsub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gossip {

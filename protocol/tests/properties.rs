@@ -192,6 +192,32 @@ proptest! {
         }
     }
 
+    /// A bundle carries its records' own bytes: they come back unchanged,
+    /// the bundle is told apart from a one-record message by its first
+    /// bytes, and a one-record message never looks like a bundle.
+    #[test]
+    fn bundles_round_trip_and_are_told_apart(commits in proptest::collection::vec(commit(), 1..20), seed in any::<u8>()) {
+        let kp = keypair(seed);
+        let records: Vec<Vec<u8>> = commits
+            .iter()
+            .map(|c| Gossip::Commit(Signed::sign(&kp, c).expect("sign")).to_bytes().expect("encode"))
+            .collect();
+        for r in &records {
+            prop_assert!(!GossipBundle::is_bundle(r));
+        }
+        let bundle = GossipBundle { bundle: records.iter().cloned().map(serde_bytes::ByteBuf::from).collect() };
+        let bytes = bundle.to_bytes().expect("encode");
+        prop_assert!(GossipBundle::is_bundle(&bytes));
+        let payload: usize = records.iter().map(Vec::len).sum();
+        prop_assert!(bytes.len() <= payload + GossipBundle::overhead(records.len()));
+        let back = GossipBundle::from_bytes(&bytes).expect("decode");
+        prop_assert_eq!(&back, &bundle);
+        for (b, r) in back.bundle.iter().zip(&records) {
+            prop_assert_eq!(b.as_slice(), r.as_slice());
+            prop_assert!(Gossip::from_bytes(b).expect("record decodes").verify().is_ok());
+        }
+    }
+
     /// Any single-byte change to a signed manifest's payload is caught by the
     /// signature check, which names the cause.
     #[test]
@@ -237,6 +263,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic_any_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = Gossip::from_bytes(&bytes);
+        let _ = GossipBundle::from_bytes(&bytes);
         let _ = Signed::<ProjectManifest>::from_bytes(&bytes);
         let _ = Signed::<Batch>::from_bytes(&bytes);
         let _ = Signed::<Announce>::from_bytes(&bytes);
@@ -295,6 +322,22 @@ fn a_valid_gossip_message_with_flipped_bits_is_an_error_not_a_panic() {
         }
     }
     assert!(rejected > 0);
+}
+
+#[test]
+fn a_bundle_holds_one_record_at_least() {
+    let empty = GossipBundle { bundle: Vec::new() }
+        .to_bytes()
+        .expect("encode");
+    assert!(GossipBundle::is_bundle(&empty));
+    let err = GossipBundle::from_bytes(&empty).unwrap_err();
+    assert!(err.to_string().contains("1 to"), "{err}");
+    let too_many = GossipBundle {
+        bundle: vec![serde_bytes::ByteBuf::new(); MAX_BUNDLE_RECORDS + 1],
+    }
+    .to_bytes()
+    .expect("encode");
+    assert!(GossipBundle::from_bytes(&too_many).is_err());
 }
 
 #[test]

@@ -57,6 +57,9 @@ pub enum PublishOutcome {
     Queued,
     /// The same bytes were published already.
     Duplicate,
+    /// Held for at most the bundle window, to go out with the topic's next
+    /// bundle (see `NetworkLimits::bundle_window`).
+    Bundled,
 }
 
 #[derive(Debug, thiserror::Error)]

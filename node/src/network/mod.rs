@@ -26,6 +26,7 @@ mod behaviour;
 mod client;
 pub mod codec;
 mod fetch;
+mod outbox;
 mod peers_file;
 pub mod records;
 mod swarm_task;
@@ -111,6 +112,10 @@ pub struct NetworkLimits {
     pub max_memory_fraction: f64,
     /// Gossip messages waiting for subscribers.
     pub publish_queue: usize,
+    /// Records a topic publishes within this long of its last message wait
+    /// and go out together as one bundle (see `outbox.rs`); zero sends each
+    /// record alone at once.
+    pub bundle_window: Duration,
     /// Events waiting for the node to read them.
     pub event_queue: usize,
     /// Commands waiting for the swarm task.
@@ -119,6 +124,11 @@ pub struct NetworkLimits {
     pub strikes_before_ban: u32,
     pub records: RecordLimits,
 }
+
+/// How long a busy topic gathers records into one gossip message. Long
+/// enough to bundle dozens of records at the protocol's ceiling, short
+/// against a unit's life (claim, commit and reveal each wait at most this).
+pub const DEFAULT_BUNDLE_WINDOW: Duration = Duration::from_millis(10);
 
 impl Default for NetworkLimits {
     fn default() -> Self {
@@ -130,6 +140,7 @@ impl Default for NetworkLimits {
             idle_after: Duration::from_secs(10),
             max_memory_fraction: 0.9,
             publish_queue: 256,
+            bundle_window: DEFAULT_BUNDLE_WINDOW,
             event_queue: 1024,
             command_queue: 256,
             strikes_before_ban: 8,

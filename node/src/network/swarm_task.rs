@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use formic_protocol::DecodeError;
 use formic_protocol::blob_transfer::{BlobRequest, BlobResponse};
-use formic_protocol::messages::{Gossip, ProjectId};
+use formic_protocol::messages::{Gossip, GossipBundle, ProjectId};
 use formic_protocol::sync::{
     MAX_RECORDS_PER_PAGE, MAX_SYNC_RESPONSE_BYTES, RecordBytes, SyncRequest, SyncResponse,
 };
@@ -29,6 +29,7 @@ use super::behaviour::{Behaviour, BehaviourEvent, build_swarm, topic_score_param
 use super::client::{
     Command, PublishError, PublishOutcome, RequestError, SubscribeError, SyncReport,
 };
+use super::outbox::Outbox;
 use super::records::{Inserted, RecordStore, verify_record};
 use super::{
     FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, NodeConfig,
@@ -142,6 +143,8 @@ struct Task {
     table_at_bootstrap: usize,
     project_topics: HashMap<TopicHash, ProjectId>,
     publish_queue: VecDeque<QueuedPublish>,
+    /// Records waiting to go out as one bundle per topic.
+    outbox: Outbox,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, RequestError>>>,
@@ -263,6 +266,7 @@ pub(crate) async fn spawn(
         table_at_bootstrap: 0,
         project_topics: HashMap::new(),
         publish_queue: VecDeque::new(),
+        outbox: Outbox::new(config.limits.bundle_window),
         pending_providers: HashMap::new(),
         pending_provide: HashMap::new(),
         pending_blob: HashMap::new(),
@@ -286,6 +290,14 @@ pub(crate) async fn spawn(
         span,
     ));
     Ok((handle, peer_id, listen_addrs))
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `base` scaled by a random factor in [0.5, 1.5).
@@ -414,6 +426,7 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().blobs.send_response(channel, Ok(response));
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = sleep_until_some(self.outbox.next_due()) => self.send_due_bundles(),
             }
         }
     }
@@ -425,6 +438,7 @@ impl Task {
                 self.dropped_events += 1;
                 if self.dropped_events.is_power_of_two() {
                     tracing::warn!(
+                        peer = %self.peer_id,
                         dropped = self.dropped_events,
                         "node is not reading network events; dropping"
                     );
@@ -597,6 +611,41 @@ impl Task {
         let bytes = gossip.to_bytes()?;
         self.records.insert(project, bytes.clone());
         let hash = topic.ident().hash();
+        // Announcements go alone: they are rare, and a newcomer should hear
+        // of a project at once.
+        if matches!(topic, Topic::Announce) {
+            return self.send_gossip(hash, bytes);
+        }
+        let ready = self.outbox.push(hash.clone(), bytes, Instant::now());
+        let mut outcome = Ok(PublishOutcome::Bundled);
+        for message in ready.send {
+            // Only the last message can be this record alone; an earlier one
+            // is a bundle sent early to make room.
+            outcome = self.send_gossip(hash.clone(), message);
+        }
+        if ready.held {
+            Ok(PublishOutcome::Bundled)
+        } else {
+            outcome
+        }
+    }
+
+    /// Sends the bundles whose window has closed.
+    fn send_due_bundles(&mut self) {
+        for (topic, message) in self.outbox.take_due(Instant::now()) {
+            if let Err(e) = self.send_gossip(topic, message) {
+                tracing::debug!(error = %e, "gossip bundle not sent");
+            }
+        }
+    }
+
+    /// Hands one message (a record or a bundle) to gossipsub, or queues it
+    /// while nobody listens.
+    fn send_gossip(
+        &mut self,
+        hash: TopicHash,
+        bytes: Vec<u8>,
+    ) -> Result<PublishOutcome, PublishError> {
         match self
             .swarm
             .behaviour_mut()
@@ -1048,58 +1097,92 @@ impl Task {
     /// Manual gossip validation: decode, verify, check the topic fits the
     /// record. Bad → Reject (peer scoring penalizes the forwarder), already
     /// known → Ignore, else Accept (forwarded) and reported to the node.
+    ///
+    /// A bundle is checked record by record. One bad record rejects the
+    /// whole message (it is not forwarded, and the forwarder is struck),
+    /// but the good records in it are kept: each stands on its own
+    /// signature, whoever relayed it.
     fn validate_gossip(
         &mut self,
         forwarder: PeerId,
         message: &gossipsub::Message,
     ) -> MessageAcceptance {
-        let gossip = match Gossip::from_bytes(&message.data) {
-            Ok(g) => g,
+        if !GossipBundle::is_bundle(&message.data) {
+            return match self.accept_record(forwarder, &message.topic, message.data.clone()) {
+                Ok(true) => MessageAcceptance::Accept,
+                Ok(false) => MessageAcceptance::Ignore,
+                Err(reason) => {
+                    self.strike(forwarder, reason);
+                    MessageAcceptance::Reject
+                }
+            };
+        }
+        let bundle = match GossipBundle::from_bytes(&message.data) {
+            Ok(b) => b,
             Err(e) => {
                 self.strike(
                     forwarder,
-                    format!("malformed gossip on {}: {e}", message.topic),
+                    format!("malformed gossip bundle on {}: {e}", message.topic),
                 );
                 return MessageAcceptance::Reject;
             }
         };
-        let project = match verify_record(&gossip) {
-            Ok((_, project)) => project,
-            Err(e) => {
-                self.strike(forwarder, format!("gossip record does not verify: {e}"));
-                return MessageAcceptance::Reject;
+        let mut new = false;
+        let mut fault = None;
+        for record in bundle.bundle {
+            match self.accept_record(forwarder, &message.topic, record.into_vec()) {
+                Ok(fresh) => new |= fresh,
+                Err(reason) => fault = fault.or(Some(reason)),
             }
-        };
-        let topic_ok = if message.topic == Topic::Announce.ident().hash() {
+        }
+        match fault {
+            Some(reason) => {
+                self.strike(forwarder, format!("in a gossip bundle: {reason}"));
+                MessageAcceptance::Reject
+            }
+            None if new => MessageAcceptance::Accept,
+            None => MessageAcceptance::Ignore,
+        }
+    }
+
+    /// Checks one record that came by gossip on `topic` and, if it is new,
+    /// stores it and reports it to the node. Ok(true) when new, Ok(false)
+    /// when already known (or over a store limit); Err says what is wrong
+    /// with it.
+    fn accept_record(
+        &mut self,
+        forwarder: PeerId,
+        topic: &TopicHash,
+        bytes: Vec<u8>,
+    ) -> Result<bool, String> {
+        let gossip =
+            Gossip::from_bytes(&bytes).map_err(|e| format!("malformed gossip on {topic}: {e}"))?;
+        let (_, project) =
+            verify_record(&gossip).map_err(|e| format!("gossip record does not verify: {e}"))?;
+        let topic_ok = if *topic == Topic::Announce.ident().hash() {
             matches!(gossip, Gossip::Announce(_))
         } else {
-            message.topic == Topic::Project(project).ident().hash()
+            *topic == Topic::Project(project).ident().hash()
         };
         if !topic_ok {
-            self.strike(
-                forwarder,
-                format!(
-                    "record of project {} sent on topic {}",
-                    project.short(),
-                    message.topic
-                ),
-            );
-            return MessageAcceptance::Reject;
+            return Err(format!(
+                "record of project {} sent on topic {topic}",
+                project.short()
+            ));
         }
-        match self.records.insert(project, message.data.clone()) {
+        match self.records.insert(project, bytes) {
             Inserted::New => {
-                let source = forwarder;
                 self.emit(NetworkEvent::Record {
-                    source,
+                    source: forwarder,
                     via: RecordVia::Gossip {
                         propagation_source: forwarder,
                     },
                     project,
                     gossip,
                 });
-                MessageAcceptance::Accept
+                Ok(true)
             }
-            Inserted::Duplicate | Inserted::Full => MessageAcceptance::Ignore,
+            Inserted::Duplicate | Inserted::Full => Ok(false),
         }
     }
 
@@ -1432,6 +1515,8 @@ impl Task {
         self.rejoin_if_alone();
         self.periodic_bootstrap();
         self.stop_providing_evicted();
+        // Also forgets topics gone quiet.
+        self.send_due_bundles();
         if !self.publish_queue.is_empty() {
             self.retry_publish();
         }
