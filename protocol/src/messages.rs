@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, DecodeError, EncodeError};
 use crate::content_id::ContentId;
-use crate::signed::{Signed, SignedPayload, SignerKey};
+use crate::signed::{
+    BatchSignable, SignError, Signed, SignedPayload, SignerKey, VerifiedRoots, sign_batch,
+};
 
 /// Largest gossip message any peer sends or accepts. Set explicitly, and the
 /// same on every peer (gossipsub's own default is 64 KiB too): gossip carries
@@ -371,12 +373,60 @@ impl Gossip {
     /// Verifies the signature of the carried record and checks its payload
     /// decodes; returns the signer.
     pub fn verify(&self) -> Result<SignerKey, crate::signed::VerifyError> {
+        self.verify_in(&mut VerifiedRoots::default())
+            .map(|(signer, _)| signer)
+    }
+
+    /// [`Gossip::verify`] with a cache of checked batch roots; returns the
+    /// signer and the project the record belongs to.
+    pub fn verify_in(
+        &self,
+        roots: &mut VerifiedRoots,
+    ) -> Result<(SignerKey, ProjectId), crate::signed::VerifyError> {
+        Ok(match self {
+            Gossip::Announce(s) => (s.signer(), s.verify_in(roots)?.project),
+            Gossip::Claim(s) => (s.signer(), s.verify_in(roots)?.unit.project),
+            Gossip::Commit(s) => (s.signer(), s.verify_in(roots)?.unit.project),
+            Gossip::Reveal(s) => (s.signer(), s.verify_in(roots)?.unit.project),
+            Gossip::SpotCheckKey(s) => (s.signer(), s.verify_in(roots)?.project),
+        })
+    }
+
+    /// Who signed the carried record (not verified).
+    pub fn signer(&self) -> SignerKey {
+        self.signable().signer_key()
+    }
+
+    fn signable(&self) -> &dyn BatchSignable {
         match self {
-            Gossip::Announce(s) => s.verify().map(|_| s.signer()),
-            Gossip::Claim(s) => s.verify().map(|_| s.signer()),
-            Gossip::Commit(s) => s.verify().map(|_| s.signer()),
-            Gossip::Reveal(s) => s.verify().map(|_| s.signer()),
-            Gossip::SpotCheckKey(s) => s.verify().map(|_| s.signer()),
+            Gossip::Announce(s) => s,
+            Gossip::Claim(s) => s,
+            Gossip::Commit(s) => s,
+            Gossip::Reveal(s) => s,
+            Gossip::SpotCheckKey(s) => s,
         }
+    }
+
+    fn signable_mut(&mut self) -> &mut dyn BatchSignable {
+        match self {
+            Gossip::Announce(s) => s,
+            Gossip::Claim(s) => s,
+            Gossip::Commit(s) => s,
+            Gossip::Reveal(s) => s,
+            Gossip::SpotCheckKey(s) => s,
+        }
+    }
+
+    /// Signs `records`, all `keypair`'s own, again as one batch (see
+    /// [`crate::signed`]): one signature for all instead of one each, so
+    /// every receiver checks one signature per batch. The payloads do not
+    /// change, only the envelopes.
+    pub fn sign_batch(
+        keypair: &libp2p_identity::Keypair,
+        records: &mut [Gossip],
+    ) -> Result<(), SignError> {
+        let mut signable: Vec<&mut dyn BatchSignable> =
+            records.iter_mut().map(Gossip::signable_mut).collect();
+        sign_batch(keypair, &mut signable)
     }
 }

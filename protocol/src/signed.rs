@@ -6,7 +6,20 @@
 //! replayed as another (say a Reveal) even if their encodings collided. The
 //! envelope keeps the exact signed bytes rather than re-encoding on verify:
 //! what is checked is exactly what was signed.
+//!
+//! **Batch signatures.** Checking ed25519 signatures was the largest cost
+//! of the protocol's ceiling: every record is checked by every peer that
+//! receives it. A node that sends several records at once (a gossip bundle)
+//! signs them as one batch instead: the leaves of a Merkle tree are the
+//! records' domain-tagged payloads, the one signature covers the root, and
+//! each record carries its own path to the root ([`BatchProof`]). Each
+//! record still stands alone as evidence, checkable by anyone with nothing
+//! but its own bytes, while a receiver that meets the same root again (the
+//! rest of the bundle, or a sync page) skips the curve arithmetic
+//! ([`VerifiedRoots`]). Leaves and inner nodes are hashed with different
+//! prefixes, so no inner node can pass for a record.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
@@ -88,6 +101,10 @@ pub enum SignError {
     Encode(#[from] EncodeError),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("a batch signs at most {MAX_BATCH_RECORDS} records, not {0}")]
+    BatchTooLarge(usize),
+    #[error("a batch may only hold records signed by its own key")]
+    NotOwnRecord,
 }
 
 /// Why a signed envelope was rejected.
@@ -101,6 +118,189 @@ pub enum VerifyError {
     BadSignature { signer: String },
     #[error("the signed payload does not decode: {0}")]
     Payload(DecodeError),
+    #[error("the record's batch proof is malformed: {0}")]
+    BadProof(&'static str),
+}
+
+/// Most records signed as one batch (a gossip bundle holds at most as many).
+pub const MAX_BATCH_RECORDS: u32 = 1024;
+
+/// Most bytes a batch proof adds to a record's encoding: the field names,
+/// two integers and a path of at most log2(MAX_BATCH_RECORDS) = 10 hashes.
+pub const MAX_BATCH_PROOF_BYTES: usize = 48 + 10 * 34;
+
+/// Where a record signed as one of a batch sits in the batch's Merkle tree.
+///
+/// The tree over `count` leaves pairs nodes left to right level by level; a
+/// node left without a partner moves up unchanged. `path` holds the partner
+/// of each node from the leaf up, skipping the levels where it moved up
+/// alone, so its length follows from `index` and `count`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchProof {
+    pub count: u32,
+    pub index: u32,
+    pub path: Vec<ContentId>,
+}
+
+fn leaf_hash(domain: &str, payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[0]);
+    h.update(domain.as_bytes());
+    h.update(&[0]);
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[1]);
+    h.update(left);
+    h.update(right);
+    *h.finalize().as_bytes()
+}
+
+/// What a batch signature signs: the tree's root and size.
+fn batch_message(root: &[u8; 32], count: u32) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(BATCH_DOMAIN.len() + 1 + 32 + 4);
+    msg.extend_from_slice(BATCH_DOMAIN.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(root);
+    msg.extend_from_slice(&count.to_be_bytes());
+    msg
+}
+
+const BATCH_DOMAIN: &str = "formic/v1/batch-root";
+
+impl BatchProof {
+    /// The root reached from `leaf` along this path.
+    fn root(&self, leaf: [u8; 32]) -> Result<[u8; 32], VerifyError> {
+        if self.count == 0 || self.count > MAX_BATCH_RECORDS {
+            return Err(VerifyError::BadProof("batch size out of range"));
+        }
+        if self.index >= self.count {
+            return Err(VerifyError::BadProof("index past the end of the batch"));
+        }
+        let (mut h, mut i, mut n) = (leaf, self.index, self.count);
+        let mut path = self.path.iter();
+        while n > 1 {
+            if i % 2 == 1 {
+                let left = path.next().ok_or(VerifyError::BadProof("path too short"))?;
+                h = node_hash(left.as_bytes(), &h);
+            } else if i + 1 < n {
+                let right = path.next().ok_or(VerifyError::BadProof("path too short"))?;
+                h = node_hash(&h, right.as_bytes());
+            }
+            i /= 2;
+            n = n.div_ceil(2);
+        }
+        if path.next().is_some() {
+            return Err(VerifyError::BadProof("path too long"));
+        }
+        Ok(h)
+    }
+
+    /// The root over `leaves` and every leaf's proof (`leaves` is not empty
+    /// and at most [`MAX_BATCH_RECORDS`] long).
+    fn build(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<BatchProof>) {
+        let count = leaves.len() as u32;
+        let mut proofs: Vec<BatchProof> = (0..count)
+            .map(|index| BatchProof {
+                count,
+                index,
+                path: Vec::new(),
+            })
+            .collect();
+        let mut level = leaves.to_vec();
+        // Which node of the current level each leaf's path runs through.
+        let mut at: Vec<usize> = (0..leaves.len()).collect();
+        while level.len() > 1 {
+            for (proof, pos) in proofs.iter_mut().zip(&mut at) {
+                let partner = *pos ^ 1;
+                if partner < level.len() {
+                    proof.path.push(ContentId::from_bytes(level[partner]));
+                }
+                *pos /= 2;
+            }
+            level = level
+                .chunks(2)
+                .filter_map(|pair| match *pair {
+                    [l, r] => Some(node_hash(&l, &r)),
+                    [alone] => Some(alone),
+                    _ => None,
+                })
+                .collect();
+        }
+        (level[0], proofs)
+    }
+}
+
+/// Batch roots whose signatures this node has already checked, so the
+/// other records of a batch cost a few hashes instead of a signature check.
+/// Bounded: when full it starts over (a miss only costs a check).
+#[derive(Debug, Default)]
+pub struct VerifiedRoots {
+    seen: HashSet<[u8; 32]>,
+}
+
+impl VerifiedRoots {
+    const MAX: usize = 16 * 1024;
+
+    /// One key per (signer, root, size, signature): a hit means exactly
+    /// this signature over exactly this root was found valid before.
+    fn key(signer: &SignerKey, root: &[u8; 32], count: u32, signature: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(signer.as_bytes());
+        h.update(root);
+        h.update(&count.to_be_bytes());
+        h.update(signature);
+        *h.finalize().as_bytes()
+    }
+
+    fn remember(&mut self, key: [u8; 32]) {
+        if self.seen.len() >= Self::MAX {
+            self.seen.clear();
+        }
+        self.seen.insert(key);
+    }
+}
+
+/// A signed record whose envelope can be re-signed as part of a batch; the
+/// gossip enum dispatches to it (see `Gossip::sign_batch`).
+pub trait BatchSignable {
+    /// The record's leaf in a batch tree.
+    fn batch_leaf(&self) -> [u8; 32];
+    /// Replaces the signature by a batch signature and this record's proof.
+    fn set_batch_signature(&mut self, signature: Vec<u8>, proof: BatchProof);
+    fn signer_key(&self) -> SignerKey;
+}
+
+/// Signs `records` as one batch with `keypair`: one signature over the
+/// Merkle root of their leaves, one proof per record. Every record must be
+/// `keypair`'s own (the caller vouches for each payload); an empty slice is
+/// left alone.
+pub fn sign_batch(
+    keypair: &Keypair,
+    records: &mut [&mut dyn BatchSignable],
+) -> Result<(), SignError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    if records.len() > MAX_BATCH_RECORDS as usize {
+        return Err(SignError::BatchTooLarge(records.len()));
+    }
+    let me = SignerKey::of(keypair)?;
+    if records.iter().any(|r| r.signer_key() != me) {
+        return Err(SignError::NotOwnRecord);
+    }
+    let leaves: Vec<[u8; 32]> = records.iter().map(|r| r.batch_leaf()).collect();
+    let (root, proofs) = BatchProof::build(&leaves);
+    let signature = keypair
+        .sign(&batch_message(&root, leaves.len() as u32))
+        .map_err(|e| SignError::Signing(e.to_string()))?;
+    for (record, proof) in records.iter_mut().zip(proofs) {
+        record.set_batch_signature(signature.clone(), proof);
+    }
+    Ok(())
 }
 
 /// A value of type `T` signed by `signer`.
@@ -111,9 +311,14 @@ pub struct Signed<T> {
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
     signer: SignerKey,
-    /// 64-byte ed25519 signature over `T::DOMAIN ‖ 0x00 ‖ payload`.
+    /// 64-byte ed25519 signature over `T::DOMAIN ‖ 0x00 ‖ payload`, or,
+    /// with `batch`, over the batch's root (see the module docs).
     #[serde(with = "serde_bytes")]
     signature: Vec<u8>,
+    /// Set when the record was signed as one of a batch. Left out of the
+    /// encoding when absent, so a record signed alone encodes as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<BatchProof>,
     /// Set once the signature has been checked on this very value (its
     /// fields never change), so a record verified when it arrives is not
     /// verified again by each layer it passes through: ed25519 was most of
@@ -133,6 +338,7 @@ impl<T> Clone for Signed<T> {
             payload: self.payload.clone(),
             signer: self.signer,
             signature: self.signature.clone(),
+            batch: self.batch.clone(),
             checked: self.checked.clone(),
             _type: PhantomData,
         }
@@ -144,6 +350,7 @@ impl<T> PartialEq for Signed<T> {
         self.payload == other.payload
             && self.signer == other.signer
             && self.signature == other.signature
+            && self.batch == other.batch
     }
 }
 
@@ -180,6 +387,7 @@ impl<T: SignedPayload> Signed<T> {
             payload,
             signer,
             signature,
+            batch: None,
             checked: OnceLock::from(()),
             _type: PhantomData,
         })
@@ -188,16 +396,44 @@ impl<T: SignedPayload> Signed<T> {
     /// Checks the signature, then decodes the payload. Unauthenticated bytes
     /// are never parsed beyond the envelope.
     pub fn verify(&self) -> Result<T, VerifyError> {
+        self.verify_in(&mut VerifiedRoots::default())
+    }
+
+    /// [`Signed::verify`], skipping the signature check of a batch whose
+    /// root `roots` has seen checked, and remembering it when checked here.
+    pub fn verify_in(&self, roots: &mut VerifiedRoots) -> Result<T, VerifyError> {
         if self.checked.get().is_none() {
-            let key = self.signer.public_key()?;
-            if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
-                return Err(VerifyError::BadSignature {
-                    signer: self.signer.to_string(),
-                });
+            let forged = || VerifyError::BadSignature {
+                signer: self.signer.to_string(),
+            };
+            match &self.batch {
+                None => {
+                    let key = self.signer.public_key()?;
+                    if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
+                        return Err(forged());
+                    }
+                }
+                Some(proof) => {
+                    let root = proof.root(leaf_hash(T::DOMAIN, &self.payload))?;
+                    let seen =
+                        VerifiedRoots::key(&self.signer, &root, proof.count, &self.signature);
+                    if !roots.seen.contains(&seen) {
+                        let key = self.signer.public_key()?;
+                        if !key.verify(&batch_message(&root, proof.count), &self.signature) {
+                            return Err(forged());
+                        }
+                        roots.remember(seen);
+                    }
+                }
             }
             let _ = self.checked.set(());
         }
         codec::decode_versioned(&self.payload, T::MAX_PAYLOAD).map_err(VerifyError::Payload)
+    }
+
+    /// Whether this record was signed as one of a batch.
+    pub fn is_batch_signed(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Who signed it (not yet verified: call [`Signed::verify`]).
@@ -220,12 +456,22 @@ impl<T: SignedPayload> Signed<T> {
 
     /// Canonical bytes of the envelope, as stored and sent.
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
-        codec::encode_versioned(self, T::MAX_PAYLOAD + 256)
+        codec::encode_versioned(self, Self::MAX_ENVELOPE)
     }
 
     /// Parses an envelope (not verified: call [`Signed::verify`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        codec::decode_versioned(bytes, T::MAX_PAYLOAD + 256)
+        codec::decode_versioned(bytes, Self::MAX_ENVELOPE)
+    }
+
+    /// The payload's cap plus the signer, the signature and a batch proof.
+    const MAX_ENVELOPE: usize = T::MAX_PAYLOAD + 256 + MAX_BATCH_PROOF_BYTES;
+
+    /// Test and fault-injection hook: the batch proof, to alter on purpose.
+    #[doc(hidden)]
+    pub fn batch_proof_mut(&mut self) -> Option<&mut BatchProof> {
+        self.checked = OnceLock::new();
+        self.batch.as_mut()
     }
 
     /// Test and fault-injection hook: the parts, to alter one on purpose.
@@ -241,8 +487,117 @@ impl<T: SignedPayload> Signed<T> {
             payload,
             signer,
             signature,
+            batch: None,
             checked: OnceLock::new(),
             _type: PhantomData,
         }
+    }
+}
+
+impl<T: SignedPayload> BatchSignable for Signed<T> {
+    fn batch_leaf(&self) -> [u8; 32] {
+        leaf_hash(T::DOMAIN, &self.payload)
+    }
+
+    fn set_batch_signature(&mut self, signature: Vec<u8>, proof: BatchProof) {
+        self.signature = signature;
+        self.batch = Some(proof);
+        // Signed here, by the record's own signer: valid by construction.
+        self.checked = OnceLock::from(());
+    }
+
+    fn signer_key(&self) -> SignerKey {
+        self.signer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_leaf_of_every_tree_size_reaches_the_root() {
+        for n in 1..=70u32 {
+            let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash("t", &i.to_be_bytes())).collect();
+            let (root, proofs) = BatchProof::build(&leaves);
+            for (leaf, proof) in leaves.iter().zip(&proofs) {
+                assert_eq!(proof.count, n);
+                assert!(proof.path.len() <= 7, "n {n}: path of {}", proof.path.len());
+                assert_eq!(proof.root(*leaf), Ok(root), "n {n}, leaf {}", proof.index);
+                // Another leaf's proof does not lead this leaf to the root.
+                if n > 1 {
+                    let other = &proofs[((proof.index + 1) % n) as usize];
+                    assert_ne!(other.root(*leaf), Ok(root));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_proofs_are_refused_by_name() {
+        let leaf = leaf_hash("t", b"x");
+        let bad = |count, index, path: usize| BatchProof {
+            count,
+            index,
+            path: vec![ContentId::of(b"s"); path],
+        };
+        assert!(matches!(
+            bad(0, 0, 0).root(leaf),
+            Err(VerifyError::BadProof(_))
+        ));
+        assert!(matches!(
+            bad(MAX_BATCH_RECORDS + 1, 0, 11).root(leaf),
+            Err(VerifyError::BadProof(_))
+        ));
+        assert!(matches!(
+            bad(4, 4, 2).root(leaf),
+            Err(VerifyError::BadProof(_))
+        ));
+        assert!(matches!(
+            bad(4, 1, 1).root(leaf),
+            Err(VerifyError::BadProof(_))
+        ));
+        assert!(matches!(
+            bad(4, 1, 3).root(leaf),
+            Err(VerifyError::BadProof(_))
+        ));
+        assert!(bad(4, 1, 2).root(leaf).is_ok());
+    }
+
+    #[test]
+    fn a_batch_holds_only_its_signers_records() {
+        let me = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let mut mine = Signed::sign(&me, &Probe(1)).expect("sign");
+        let mut theirs = Signed::sign(&other, &Probe(2)).expect("sign");
+        let mut batch: Vec<&mut dyn BatchSignable> = vec![&mut mine, &mut theirs];
+        assert!(matches!(
+            sign_batch(&me, &mut batch),
+            Err(SignError::NotOwnRecord)
+        ));
+        // Nothing was changed.
+        assert!(!mine.is_batch_signed() && !theirs.is_batch_signed());
+        let mut second = Signed::sign(&me, &Probe(3)).expect("sign");
+        let mut batch: Vec<&mut dyn BatchSignable> = vec![&mut mine, &mut second];
+        sign_batch(&me, &mut batch).expect("own records");
+        let mut roots = VerifiedRoots::default();
+        for s in [&mine, &second] {
+            let fresh =
+                Signed::<Probe>::from_bytes(&s.to_bytes().expect("encode")).expect("decode");
+            assert!(fresh.is_batch_signed());
+            assert_eq!(
+                fresh.verify_in(&mut roots).map(|p| p.0),
+                s.verify().map(|p| p.0)
+            );
+        }
+        assert_eq!(roots.seen.len(), 1, "one root checked for the two records");
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Probe(u32);
+
+    impl SignedPayload for Probe {
+        const DOMAIN: &'static str = "formic/test/probe";
+        const MAX_PAYLOAD: usize = 64;
     }
 }

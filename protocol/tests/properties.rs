@@ -4,6 +4,7 @@
 
 use formic_protocol::codec::{self, DecodeError};
 use formic_protocol::messages::*;
+use formic_protocol::signed::VerifiedRoots;
 use formic_protocol::{ContentId, Signed, SignedPayload, VerifyError};
 use libp2p_identity::Keypair;
 use proptest::prelude::*;
@@ -140,6 +141,17 @@ fn keypair(seed: u8) -> Keypair {
     Keypair::ed25519_from_bytes([seed; 32]).expect("32 bytes is a valid ed25519 secret")
 }
 
+/// The signed payload bytes of a gossip record.
+fn payload_of(g: &Gossip) -> Vec<u8> {
+    match g {
+        Gossip::Announce(s) => s.payload_bytes().to_vec(),
+        Gossip::Claim(s) => s.payload_bytes().to_vec(),
+        Gossip::Commit(s) => s.payload_bytes().to_vec(),
+        Gossip::Reveal(s) => s.payload_bytes().to_vec(),
+        Gossip::SpotCheckKey(s) => s.payload_bytes().to_vec(),
+    }
+}
+
 fn round_trip_signed<T>(value: T, seed: u8) -> Result<(), TestCaseError>
 where
     T: SignedPayload + PartialEq + std::fmt::Debug,
@@ -216,6 +228,99 @@ proptest! {
             prop_assert_eq!(b.as_slice(), r.as_slice());
             prop_assert!(Gossip::from_bytes(b).expect("record decodes").verify().is_ok());
         }
+    }
+
+    /// Records signed as one batch: each verifies alone, from its own bytes,
+    /// with or without the cache of checked roots; the payloads are what
+    /// was signed before; and a record signed alone still encodes with no
+    /// batch field at all (the encoding older peers know).
+    #[test]
+    fn batch_signed_records_each_verify_alone(claims in proptest::collection::vec(claim(), 0..8),
+                                               commits in proptest::collection::vec(commit(), 0..8),
+                                               reveals in proptest::collection::vec(reveal(), 0..8),
+                                               seed in any::<u8>()) {
+        let kp = keypair(seed);
+        let mut records: Vec<Gossip> = claims.iter().map(|c| Gossip::Claim(Signed::sign(&kp, c).expect("sign")))
+            .chain(commits.iter().map(|c| Gossip::Commit(Signed::sign(&kp, c).expect("sign"))))
+            .chain(reveals.iter().map(|r| Gossip::Reveal(Signed::sign(&kp, r).expect("sign"))))
+            .collect();
+        for c in &commits {
+            // [version, {payload, signer, signature}]: three fields.
+            let alone = Signed::sign(&kp, c).expect("sign").to_bytes().expect("encode");
+            prop_assert_eq!(&alone[..3], &[0x82, 0x01, 0xa3]);
+        }
+        let before: Vec<Vec<u8>> = records.iter().map(payload_of).collect();
+        Gossip::sign_batch(&kp, &mut records).expect("batch");
+        let mut roots = VerifiedRoots::default();
+        for (g, payload) in records.iter().zip(&before) {
+            prop_assert_eq!(&payload_of(g), payload);
+            let back = Gossip::from_bytes(&g.to_bytes().expect("encode")).expect("decode");
+            prop_assert_eq!(&back, g);
+            prop_assert!(back.verify().is_ok());
+            let again = Gossip::from_bytes(&g.to_bytes().expect("encode")).expect("decode");
+            prop_assert!(again.verify_in(&mut roots).is_ok());
+        }
+    }
+
+    /// Any change to a batch-signed record, to its payload or to its proof,
+    /// fails verification, also with the batch's root already checked.
+    #[test]
+    fn altered_batch_signed_records_are_rejected(commits in proptest::collection::vec(commit(), 2..12),
+                                                 pick in any::<prop::sample::Index>(),
+                                                 pos in any::<prop::sample::Index>(),
+                                                 delta in 1u8..=255, what in 0u8..4) {
+        let kp = keypair(4);
+        // Distinct records: two equal ones could trade places legitimately.
+        let mut signed: Vec<Signed<Commit>> = commits
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut c = c.clone();
+                c.unit.index = i as u64;
+                Signed::sign(&kp, &c).expect("sign")
+            })
+            .collect();
+        {
+            let mut batch: Vec<&mut dyn formic_protocol::signed::BatchSignable> =
+                signed.iter_mut().map(|s| s as &mut dyn formic_protocol::signed::BatchSignable).collect();
+            formic_protocol::signed::sign_batch(&kp, &mut batch).expect("batch");
+        }
+        let mut roots = VerifiedRoots::default();
+        for s in &signed {
+            // Four fields now: the proof too.
+            prop_assert_eq!(&s.to_bytes().expect("encode")[..3], &[0x82, 0x01, 0xa4]);
+            let fresh = Signed::<Commit>::from_bytes(&s.to_bytes().expect("encode")).expect("decode");
+            prop_assert!(fresh.verify_in(&mut roots).is_ok());
+        }
+        let i = pick.index(signed.len());
+        let mut bad = Signed::<Commit>::from_bytes(&signed[i].to_bytes().expect("encode")).expect("decode");
+        let proof = bad.batch_proof_mut().expect("batch-signed");
+        match what {
+            0 if !proof.path.is_empty() => {
+                let j = pos.index(proof.path.len());
+                let mut b = *proof.path[j].as_bytes();
+                b[0] = b[0].wrapping_add(delta);
+                proof.path[j] = ContentId::from_bytes(b);
+            }
+            // Any other index, in range or one past the end.
+            1 => proof.index = (proof.index + 1 + u32::from(delta) % proof.count) % (proof.count + 1),
+            2 => { proof.path.push(ContentId::of(b"extra")); }
+            _ => {
+                // A byte of the payload, changed inside the envelope's
+                // encoding so the proof stays as it was.
+                let mut bytes = signed[i].to_bytes().expect("encode");
+                let original = signed[i].payload_bytes();
+                let j = pos.index(original.len());
+                let at = bytes.windows(original.len()).position(|w| w == original).expect("payload inside");
+                bytes[at + j] = bytes[at + j].wrapping_add(delta);
+                match Signed::<Commit>::from_bytes(&bytes) {
+                    Err(_) => return Ok(()),
+                    Ok(b) => bad = b,
+                }
+            }
+        }
+        prop_assert!(bad.verify_in(&mut roots).is_err(), "an altered batch record verified");
+        prop_assert!(bad.verify().is_err());
     }
 
     /// Any single-byte change to a signed manifest's payload is caught by the

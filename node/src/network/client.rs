@@ -402,12 +402,18 @@ impl NetworkClient {
             .ask(|reply| Command::Records { project, reply })
             .await?;
         // The store holds records that decoded and verified on the way in
-        // (or were restored from this node's own state store); anything
-        // that no longer decodes is skipped, and ProjectState verifies
-        // every record again when applying it.
+        // (or were restored from this node's own state store), but bytes
+        // carry no mark of that: they are checked again here, where the
+        // records of one batch share one signature check, and arrive
+        // marked as checked. Anything that no longer verifies is skipped.
+        let mut roots = formic_protocol::signed::VerifiedRoots::default();
         Ok(raw
             .iter()
-            .filter_map(|b| Gossip::from_bytes(b).ok())
+            .filter_map(|b| {
+                let g = Gossip::from_bytes(b).ok()?;
+                g.verify_in(&mut roots).ok()?;
+                Some(g)
+            })
             .collect())
     }
 

@@ -15,29 +15,51 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use formic_protocol::messages::{GossipBundle, MAX_BUNDLE_RECORDS, MAX_GOSSIP_BYTES};
+use formic_protocol::messages::{
+    Gossip, GossipBundle, MAX_BUNDLE_RECORDS, MAX_GOSSIP_BYTES, ProjectId,
+};
+use formic_protocol::signed::{MAX_BATCH_PROOF_BYTES, SignerKey};
 use libp2p::gossipsub::TopicHash;
+use libp2p::identity::Keypair;
 
-#[derive(Debug, Default)]
+/// Records larger than this keep their own signature: a batch proof would
+/// push the largest (spot-check keys) over the gossip size limit, and they
+/// are rare.
+const MAX_BATCH_SIGNED_BYTES: usize = 4 * 1024;
+
+#[derive(Debug)]
 struct Pending {
-    records: Vec<Vec<u8>>,
+    project: ProjectId,
+    records: Vec<(Gossip, Vec<u8>)>,
     bytes: usize,
     /// When this topic last sent a message.
     last_sent: Option<Instant>,
 }
 
-/// Records per topic waiting for their bundle.
+/// One gossip message to send, and the records in it that were signed
+/// again as a batch: (bytes handed in, bytes sent), so the record store can
+/// keep the form its peers have.
 #[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub project: ProjectId,
+    pub message: Vec<u8>,
+    pub resigned: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Records per topic waiting for their bundle.
 pub(crate) struct Outbox {
     window: Duration,
+    /// This node's key: its own records in a bundle are signed again as one
+    /// batch, so each receiver checks one signature per bundle.
+    keypair: Option<(Keypair, SignerKey)>,
     topics: HashMap<TopicHash, Pending>,
 }
 
 /// What the swarm task does with a record handed to [`Outbox::push`].
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Ready {
     /// Messages to publish now, in order (each a record or a bundle).
-    pub send: Vec<Vec<u8>>,
+    pub send: Vec<Outgoing>,
     /// Whether the record itself waits for a later bundle.
     pub held: bool,
 }
@@ -45,34 +67,54 @@ pub(crate) struct Ready {
 impl Outbox {
     /// An outbox that bundles what a topic publishes within `window` of its
     /// last message; a zero window sends every record alone at once.
-    pub(crate) fn new(window: Duration) -> Self {
+    /// `keypair` signs this node's own records in a bundle as one batch.
+    pub(crate) fn new(window: Duration, keypair: Option<Keypair>) -> Self {
         Self {
             window,
+            keypair: keypair.and_then(|k| SignerKey::of(&k).ok().map(|me| (k, me))),
             topics: HashMap::new(),
         }
     }
 
-    /// Takes one record's wire bytes for `topic`.
-    pub(crate) fn push(&mut self, topic: TopicHash, record: Vec<u8>, now: Instant) -> Ready {
+    /// Takes one verified record of `project` for `topic`, as decoded and as
+    /// its wire bytes.
+    pub(crate) fn push(
+        &mut self,
+        topic: TopicHash,
+        project: ProjectId,
+        record: Gossip,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) -> Ready {
         let window = self.window;
-        let p = self.topics.entry(topic).or_default();
+        let p = self.topics.entry(topic).or_insert_with(|| Pending {
+            project,
+            records: Vec::new(),
+            bytes: 0,
+            last_sent: None,
+        });
         let quiet = p.last_sent.is_none_or(|t| now >= t + window);
         if p.records.is_empty() && quiet {
             p.last_sent = Some(now);
             return Ready {
-                send: vec![record],
+                send: vec![Outgoing {
+                    project,
+                    message: bytes,
+                    resigned: Vec::new(),
+                }],
                 held: false,
             };
         }
         let mut send = Vec::new();
-        let grown = p.bytes + record.len() + GossipBundle::overhead(p.records.len() + 1);
+        let size = bytes.len() + MAX_BATCH_PROOF_BYTES;
+        let grown = p.bytes + size + GossipBundle::overhead(p.records.len() + 1);
         if !p.records.is_empty()
             && (grown > MAX_GOSSIP_BYTES || p.records.len() >= MAX_BUNDLE_RECORDS)
         {
-            send.extend(take(p, now));
+            send.extend(take(p, self.keypair.as_ref(), now));
         }
-        p.bytes += record.len();
-        p.records.push(record);
+        p.bytes += size;
+        p.records.push((record, bytes));
         Ready { send, held: true }
     }
 
@@ -87,12 +129,16 @@ impl Outbox {
 
     /// The messages due by `now`, by topic; forgets topics quiet for a whole
     /// window, so the map holds only topics in use.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<(TopicHash, Vec<u8>)> {
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<(TopicHash, Outgoing)> {
         let window = self.window;
         let mut out = Vec::new();
         for (topic, p) in &mut self.topics {
             if !p.records.is_empty() && p.last_sent.is_none_or(|t| now >= t + window) {
-                out.extend(take(p, now).into_iter().map(|m| (topic.clone(), m)));
+                out.extend(
+                    take(p, self.keypair.as_ref(), now)
+                        .into_iter()
+                        .map(|m| (topic.clone(), m)),
+                );
             }
         }
         self.topics
@@ -107,31 +153,94 @@ impl Outbox {
     }
 }
 
-/// Empties `p` into the messages that carry its records: the record itself
-/// when alone, else one bundle.
-fn take(p: &mut Pending, now: Instant) -> Vec<Vec<u8>> {
+/// Empties `p` into the messages that carry its records: a record alone as
+/// it came, several as one bundle with this node's own records signed again
+/// as one batch.
+fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -> Vec<Outgoing> {
     p.last_sent = Some(now);
     p.bytes = 0;
+    let project = p.project;
     let mut records = std::mem::take(&mut p.records);
+    let alone = |bytes: Vec<u8>| Outgoing {
+        project,
+        message: bytes,
+        resigned: Vec::new(),
+    };
     if records.len() == 1 {
-        return records;
+        return records.into_iter().map(|(_, b)| alone(b)).collect();
     }
+    let resigned = match keypair {
+        Some((key, me)) => batch_sign(&mut records, key, me),
+        None => Vec::new(),
+    };
     let bundle = GossipBundle {
-        bundle: records.drain(..).map(serde_bytes::ByteBuf::from).collect(),
+        bundle: records
+            .iter()
+            .map(|(_, b)| serde_bytes::ByteBuf::from(b.clone()))
+            .collect(),
     };
     match bundle.to_bytes() {
-        Ok(bytes) => vec![bytes],
+        Ok(message) => vec![Outgoing {
+            project,
+            message,
+            resigned,
+        }],
         // Sizes are checked on push, so this would be a bug; the records
-        // still go out, one message each.
+        // still go out, one message each, as bundled (the store learns of
+        // the new forms through the first).
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode a gossip bundle; sending its records alone");
-            bundle.bundle.into_iter().map(|b| b.into_vec()).collect()
+            let mut out: Vec<Outgoing> = records.into_iter().map(|(_, b)| alone(b)).collect();
+            if let Some(first) = out.first_mut() {
+                first.resigned = resigned;
+            }
+            out
+        }
+    }
+}
+
+/// Signs this node's own small records among `records` again as one batch,
+/// replacing their bytes, and returns (old bytes, new bytes) of each; on
+/// any failure they keep their own signatures.
+fn batch_sign(
+    records: &mut [(Gossip, Vec<u8>)],
+    key: &Keypair,
+    me: &SignerKey,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mine: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].0.signer() == *me && records[i].1.len() <= MAX_BATCH_SIGNED_BYTES)
+        .collect();
+    if mine.len() < 2 {
+        return Vec::new();
+    }
+    let mut batch: Vec<Gossip> = mine.iter().map(|&i| records[i].0.clone()).collect();
+    if let Err(e) = Gossip::sign_batch(key, &mut batch) {
+        tracing::warn!(error = %e, "cannot sign a batch; its records keep their own signatures");
+        return Vec::new();
+    }
+    let encoded: Result<Vec<Vec<u8>>, _> = batch.iter().map(Gossip::to_bytes).collect();
+    match encoded {
+        Ok(encoded) => {
+            let mut resigned = Vec::with_capacity(mine.len());
+            for ((&i, g), b) in mine.iter().zip(batch).zip(encoded) {
+                let old = std::mem::replace(&mut records[i], (g, b.clone()));
+                resigned.push((old.1, b));
+            }
+            resigned
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a batch; its records keep their own signatures");
+            Vec::new()
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use formic_protocol::ContentId;
+    use formic_protocol::messages::{Commit, Data, Reveal, UnitRef};
+    use formic_protocol::signed::Signed;
+
     use super::*;
 
     const WINDOW: Duration = Duration::from_millis(10);
@@ -140,8 +249,60 @@ mod tests {
         TopicHash::from_raw(name)
     }
 
-    fn unbundle(message: &[u8]) -> Vec<Vec<u8>> {
-        if GossipBundle::is_bundle(message) {
+    fn project() -> ProjectId {
+        ContentId::of(b"project")
+    }
+
+    /// A commit for unit `index`, signed by `key`, and its bytes.
+    fn commit(key: &Keypair, index: u64) -> (Gossip, Vec<u8>) {
+        let unit = UnitRef {
+            project: project(),
+            index,
+        };
+        let g = Gossip::Commit(
+            Signed::sign(
+                key,
+                &Commit {
+                    unit,
+                    seal: ContentId::of(b"seal"),
+                },
+            )
+            .expect("sign"),
+        );
+        let bytes = g.to_bytes().expect("encode");
+        (g, bytes)
+    }
+
+    /// A reveal with an inline output of `size` bytes.
+    fn reveal(key: &Keypair, index: u64, size: usize) -> (Gossip, Vec<u8>) {
+        let output = vec![7u8; size];
+        let g = Gossip::Reveal(
+            Signed::sign(
+                key,
+                &Reveal {
+                    unit: UnitRef {
+                        project: project(),
+                        index,
+                    },
+                    result_hash: ContentId::of(&output),
+                    output: Data::Inline(output),
+                    fuel_used: 1,
+                    engine: "test".into(),
+                },
+            )
+            .expect("sign"),
+        );
+        let bytes = g.to_bytes().expect("encode");
+        (g, bytes)
+    }
+
+    fn push(out: &mut Outbox, t: &str, (g, b): (Gossip, Vec<u8>), now: Instant) -> Ready {
+        out.push(topic(t), project(), g, b, now)
+    }
+
+    /// The records a message carries, decoded and each verified on its own.
+    fn unbundle(message: &[u8]) -> Vec<Gossip> {
+        let parts = if GossipBundle::is_bundle(message) {
             GossipBundle::from_bytes(message)
                 .expect("bundle")
                 .bundle
@@ -150,23 +311,46 @@ mod tests {
                 .collect()
         } else {
             vec![message.to_vec()]
+        };
+        parts
+            .iter()
+            .map(|b| {
+                let g = Gossip::from_bytes(b).expect("record");
+                g.verify().expect("each record verifies alone");
+                g
+            })
+            .collect()
+    }
+
+    fn unit_of(g: &Gossip) -> u64 {
+        match g {
+            Gossip::Commit(c) => c.verify().expect("commit").unit.index,
+            Gossip::Reveal(r) => r.verify().expect("reveal").unit.index,
+            _ => u64::MAX,
         }
     }
 
     #[test]
     fn a_quiet_topic_sends_at_once_and_a_busy_one_bundles() {
-        let mut out = Outbox::new(WINDOW);
+        let key = Keypair::generate_ed25519();
+        let mut out = Outbox::new(WINDOW, Some(key.clone()));
         let t0 = Instant::now();
-        let first = out.push(topic("a"), vec![1], t0);
-        assert_eq!(first.send, vec![vec![1]]);
+        let first = push(&mut out, "a", commit(&key, 1), t0);
         assert!(!first.held);
+        assert_eq!(first.send.len(), 1);
+        assert!(first.send[0].resigned.is_empty());
         assert_eq!(out.next_due(), None);
-        for i in 2..=4u8 {
-            let r = out.push(topic("a"), vec![i], t0 + Duration::from_millis(i as u64));
+        for i in 2..=4 {
+            let r = push(
+                &mut out,
+                "a",
+                commit(&key, i),
+                t0 + Duration::from_millis(i),
+            );
             assert!(r.held && r.send.is_empty());
         }
         // Another topic has its own window.
-        assert_eq!(out.push(topic("b"), vec![9], t0).send, vec![vec![9]]);
+        assert!(!push(&mut out, "b", commit(&key, 9), t0).held);
         assert_eq!(out.next_due(), Some(t0 + WINDOW));
         assert!(
             out.take_due(t0 + WINDOW - Duration::from_millis(1))
@@ -175,46 +359,89 @@ mod tests {
         let due = out.take_due(t0 + WINDOW);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, topic("a"));
-        assert_eq!(unbundle(&due[0].1), vec![vec![2], vec![3], vec![4]]);
+        let records = unbundle(&due[0].1.message);
+        assert_eq!(
+            records.iter().map(unit_of).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        // This node's own records went out signed as one batch, and the
+        // store is told which bytes replace which.
+        assert_eq!(due[0].1.resigned.len(), 3);
+        for (g, (before, after)) in records.iter().zip(&due[0].1.resigned) {
+            assert!(matches!(g, Gossip::Commit(c) if c.is_batch_signed()));
+            assert_eq!(&g.to_bytes().expect("encode"), after);
+            let old = Gossip::from_bytes(before).expect("old form");
+            assert_eq!(unit_of(&old), unit_of(g));
+        }
         assert_eq!(out.len(), 0);
         // Sent at t0 + WINDOW: the next record within a window waits again.
-        assert!(out.push(topic("a"), vec![5], t0 + WINDOW).held);
+        let (g5, b5) = commit(&key, 5);
+        assert!(push(&mut out, "a", (g5, b5.clone()), t0 + WINDOW).held);
         assert_eq!(out.next_due(), Some(t0 + 2 * WINDOW));
         // One record alone goes as itself, not as a bundle of one.
-        assert_eq!(out.take_due(t0 + 2 * WINDOW), vec![(topic("a"), vec![5])]);
+        let due = out.take_due(t0 + 2 * WINDOW);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.message, b5);
         // A whole quiet window later the topic is forgotten, and sends at once.
         assert!(out.take_due(t0 + 3 * WINDOW).is_empty());
         assert!(out.topics.is_empty());
-        assert!(!out.push(topic("a"), vec![6], t0 + 3 * WINDOW).held);
+        assert!(!push(&mut out, "a", commit(&key, 6), t0 + 3 * WINDOW).held);
+    }
+
+    #[test]
+    fn records_of_others_travel_as_they_came() {
+        let key = Keypair::generate_ed25519();
+        let owner = Keypair::generate_ed25519();
+        let mut out = Outbox::new(WINDOW, Some(key.clone()));
+        let t0 = Instant::now();
+        push(&mut out, "a", commit(&key, 0), t0);
+        let (theirs, their_bytes) = commit(&owner, 1);
+        push(&mut out, "a", (theirs, their_bytes.clone()), t0);
+        push(&mut out, "a", commit(&key, 2), t0);
+        push(&mut out, "a", commit(&key, 3), t0);
+        let due = out.take_due(t0 + WINDOW);
+        let records = unbundle(&due[0].1.message);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].to_bytes().expect("encode"), their_bytes);
+        assert!(matches!(&records[1], Gossip::Commit(c) if c.is_batch_signed()));
+        assert_eq!(due[0].1.resigned.len(), 2);
     }
 
     #[test]
     fn a_bundle_never_outgrows_a_gossip_message() {
-        let mut out = Outbox::new(WINDOW);
+        let key = Keypair::generate_ed25519();
+        let mut out = Outbox::new(WINDOW, Some(key.clone()));
         let t0 = Instant::now();
-        out.push(topic("a"), vec![0; 10], t0);
-        let record = vec![7u8; 1000];
-        let mut sent = Vec::new();
+        push(&mut out, "a", commit(&key, 0), t0);
         let n = 200;
-        for _ in 0..n {
-            sent.extend(out.push(topic("a"), record.clone(), t0).send);
+        let mut sent = Vec::new();
+        for i in 0..n {
+            sent.extend(push(&mut out, "a", reveal(&key, i, 900), t0).send);
         }
         sent.extend(out.take_due(t0 + WINDOW).into_iter().map(|(_, m)| m));
         assert!(sent.len() >= 4, "200 KB of records need several messages");
         let mut records = 0;
         for m in &sent {
-            assert!(m.len() <= MAX_GOSSIP_BYTES, "{} bytes", m.len());
-            records += unbundle(m).len();
+            assert!(
+                m.message.len() <= MAX_GOSSIP_BYTES,
+                "{} bytes",
+                m.message.len()
+            );
+            records += unbundle(&m.message).len();
         }
-        assert_eq!(records, n);
+        assert_eq!(records, n as usize);
     }
 
     #[test]
     fn a_zero_window_never_holds() {
-        let mut out = Outbox::new(Duration::ZERO);
+        let key = Keypair::generate_ed25519();
+        let mut out = Outbox::new(Duration::ZERO, Some(key.clone()));
         let t0 = Instant::now();
-        for i in 0..5u8 {
-            assert_eq!(out.push(topic("a"), vec![i], t0).send, vec![vec![i]]);
+        for i in 0..5 {
+            let (g, b) = commit(&key, i);
+            let r = push(&mut out, "a", (g, b.clone()), t0);
+            assert_eq!(r.send.len(), 1);
+            assert_eq!(r.send[0].message, b);
         }
         assert_eq!(out.next_due(), None);
     }

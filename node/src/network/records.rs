@@ -10,11 +10,10 @@
 //! projects; beyond that new records are refused (and logged), never
 //! allowed to grow memory without limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use formic_protocol::ContentId;
-use formic_protocol::messages::{Gossip, ProjectId};
-use formic_protocol::signed::{SignerKey, VerifyError};
+use formic_protocol::messages::ProjectId;
 
 /// Limits of a [`RecordStore`].
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +42,8 @@ pub enum Inserted {
 
 #[derive(Debug, Default)]
 struct ProjectLog {
-    seen: HashSet<ContentId>,
+    /// Each record's position in `records`, by the blake3 of its bytes.
+    seen: HashMap<ContentId, usize>,
     records: Vec<Vec<u8>>,
 }
 
@@ -54,25 +54,6 @@ pub struct RecordStore {
     projects: HashMap<ProjectId, ProjectLog>,
     /// Where new records go to be persisted, when the node keeps state.
     journal: Option<crate::state_store::RecordJournal>,
-}
-
-/// Checks a record's signature and returns its signer and project.
-pub fn verify_record(gossip: &Gossip) -> Result<(SignerKey, ProjectId), VerifyError> {
-    let project = match gossip {
-        Gossip::Announce(s) => s.verify()?.project,
-        Gossip::Claim(s) => s.verify()?.unit.project,
-        Gossip::Commit(s) => s.verify()?.unit.project,
-        Gossip::Reveal(s) => s.verify()?.unit.project,
-        Gossip::SpotCheckKey(s) => s.verify()?.project,
-    };
-    let signer = match gossip {
-        Gossip::Announce(s) => s.signer(),
-        Gossip::Claim(s) => s.signer(),
-        Gossip::Commit(s) => s.signer(),
-        Gossip::Reveal(s) => s.signer(),
-        Gossip::SpotCheckKey(s) => s.signer(),
-    };
-    Ok((signer, project))
 }
 
 impl RecordStore {
@@ -96,13 +77,13 @@ impl RecordStore {
     /// need no second signature check.
     pub fn holds(&self, bytes: &[u8]) -> bool {
         let id = ContentId::of(bytes);
-        self.projects.values().any(|log| log.seen.contains(&id))
+        self.projects.values().any(|log| log.seen.contains_key(&id))
     }
 
     pub fn contains(&self, project: &ProjectId, bytes: &[u8]) -> bool {
         self.projects
             .get(project)
-            .is_some_and(|log| log.seen.contains(&ContentId::of(bytes)))
+            .is_some_and(|log| log.seen.contains_key(&ContentId::of(bytes)))
     }
 
     /// Adds a record the caller has already verified.
@@ -114,22 +95,52 @@ impl RecordStore {
         }
         let log = self.projects.entry(project).or_default();
         let id = ContentId::of(&bytes);
-        if log.seen.contains(&id) {
+        if log.seen.contains_key(&id) {
             return Inserted::Duplicate;
         }
         if log.records.len() >= self.limits.max_per_project {
             tracing::warn!(%project, "project's record log is full; dropping record");
             return Inserted::Full;
         }
-        log.seen.insert(id);
-        if let Some(j) = &self.journal
-            && j.send((project, bytes.clone())).is_err()
-        {
-            tracing::warn!("the state writer stopped; new records are no longer persisted");
-            self.journal = None;
-        }
+        log.seen.insert(id, log.records.len());
+        Self::journal(&mut self.journal, project, &bytes);
         log.records.push(bytes);
         Inserted::New
+    }
+
+    /// Puts `new` in the place of `old`: the same record in another
+    /// envelope (signed again as one of a batch when it was gossiped), so
+    /// this node serves the form its peers hold, and sync cursors, which
+    /// are positions, stay valid. Does nothing unless `old` is held and
+    /// `new` is not.
+    pub fn replace(&mut self, project: &ProjectId, old: &[u8], new: Vec<u8>) -> bool {
+        let Some(log) = self.projects.get_mut(project) else {
+            return false;
+        };
+        let new_id = ContentId::of(&new);
+        if log.seen.contains_key(&new_id) {
+            return false;
+        }
+        let Some(pos) = log.seen.remove(&ContentId::of(old)) else {
+            return false;
+        };
+        log.seen.insert(new_id, pos);
+        Self::journal(&mut self.journal, *project, &new);
+        log.records[pos] = new;
+        true
+    }
+
+    fn journal(
+        journal: &mut Option<crate::state_store::RecordJournal>,
+        project: ProjectId,
+        bytes: &[u8],
+    ) {
+        if let Some(j) = journal
+            && j.send((project, bytes.to_vec())).is_err()
+        {
+            tracing::warn!("the state writer stopped; new records are no longer persisted");
+            *journal = None;
+        }
     }
 
     /// Up to `limit` records from position `cursor`, with at most `max_bytes`
@@ -211,5 +222,23 @@ mod tests {
         assert_eq!(page, vec![vec![3]]);
         assert_eq!(next, None);
         assert_eq!(store.page(&p, 99, 2, 1 << 20), (vec![], None));
+    }
+
+    #[test]
+    fn a_replaced_record_keeps_its_place() {
+        let mut store = RecordStore::new(RecordLimits::default());
+        let p = ContentId::of(b"p");
+        for r in [vec![1], vec![2], vec![3]] {
+            store.insert(p, r);
+        }
+        assert!(store.replace(&p, &[2], vec![20]));
+        assert_eq!(store.records(&p), vec![vec![1], vec![20], vec![3]]);
+        assert!(store.contains(&p, &[20]) && !store.contains(&p, &[2]));
+        // Not held, or the new form already held: nothing changes.
+        assert!(!store.replace(&p, &[2], vec![21]));
+        assert!(!store.replace(&p, &[1], vec![3]));
+        assert!(!store.replace(&ContentId::of(b"q"), &[1], vec![5]));
+        assert_eq!(store.records(&p), vec![vec![1], vec![20], vec![3]]);
+        assert_eq!(store.insert(p, vec![20]), Inserted::Duplicate);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use formic_protocol::DecodeError;
 use formic_protocol::blob_transfer::{BlobRequest, BlobResponse};
 use formic_protocol::messages::{Gossip, GossipBundle, ProjectId};
+use formic_protocol::signed::VerifiedRoots;
 use formic_protocol::sync::{
     MAX_RECORDS_PER_PAGE, MAX_SYNC_RESPONSE_BYTES, RecordBytes, SyncRequest, SyncResponse,
 };
@@ -30,7 +31,7 @@ use super::client::{
     Command, PublishError, PublishOutcome, RequestError, SubscribeError, SyncReport,
 };
 use super::outbox::Outbox;
-use super::records::{Inserted, RecordStore, verify_record};
+use super::records::{Inserted, RecordStore};
 use super::{
     FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, NodeConfig,
     RecordVia, SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, StartError, Topic, peers_file,
@@ -145,6 +146,9 @@ struct Task {
     publish_queue: VecDeque<QueuedPublish>,
     /// Records waiting to go out as one bundle per topic.
     outbox: Outbox,
+    /// Batch signatures already checked: the rest of a batch's records,
+    /// in the same bundle or a later sync page, cost hashes only.
+    verified_roots: VerifiedRoots,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, RequestError>>>,
@@ -191,6 +195,7 @@ pub(crate) async fn spawn(
     events: mpsc::Sender<NetworkEvent>,
 ) -> Result<(tokio::task::JoinHandle<()>, PeerId, Vec<Multiaddr>), StartError> {
     let peer_id = keypair.public().to_peer_id();
+    let outbox_key = keypair.clone();
     let mut swarm = build_swarm(keypair, config)?;
 
     let mut listeners = HashSet::new();
@@ -266,7 +271,8 @@ pub(crate) async fn spawn(
         table_at_bootstrap: 0,
         project_topics: HashMap::new(),
         publish_queue: VecDeque::new(),
-        outbox: Outbox::new(config.limits.bundle_window),
+        outbox: Outbox::new(config.limits.bundle_window, Some(outbox_key)),
+        verified_roots: VerifiedRoots::default(),
         pending_providers: HashMap::new(),
         pending_provide: HashMap::new(),
         pending_blob: HashMap::new(),
@@ -592,7 +598,7 @@ impl Task {
     }
 
     fn publish(&mut self, topic: Topic, gossip: &Gossip) -> Result<PublishOutcome, PublishError> {
-        let (_, project) = verify_record(gossip)?;
+        let (_, project) = gossip.verify_in(&mut self.verified_roots)?;
         match topic {
             Topic::Project(p) if p != project => {
                 return Err(PublishError::WrongTopic {
@@ -609,6 +615,8 @@ impl Task {
             _ => {}
         }
         let bytes = gossip.to_bytes()?;
+        // Stored at once, in the form signed alone: if it goes out signed
+        // as one of a batch, that form takes its place when it is sent.
         self.records.insert(project, bytes.clone());
         let hash = topic.ident().hash();
         // Announcements go alone: they are rare, and a newcomer should hear
@@ -616,12 +624,14 @@ impl Task {
         if matches!(topic, Topic::Announce) {
             return self.send_gossip(hash, bytes);
         }
-        let ready = self.outbox.push(hash.clone(), bytes, Instant::now());
+        let ready = self
+            .outbox
+            .push(hash.clone(), project, gossip.clone(), bytes, Instant::now());
         let mut outcome = Ok(PublishOutcome::Bundled);
-        for message in ready.send {
+        for out in ready.send {
             // Only the last message can be this record alone; an earlier one
             // is a bundle sent early to make room.
-            outcome = self.send_gossip(hash.clone(), message);
+            outcome = self.send_outgoing(hash.clone(), out);
         }
         if ready.held {
             Ok(PublishOutcome::Bundled)
@@ -632,11 +642,23 @@ impl Task {
 
     /// Sends the bundles whose window has closed.
     fn send_due_bundles(&mut self) {
-        for (topic, message) in self.outbox.take_due(Instant::now()) {
-            if let Err(e) = self.send_gossip(topic, message) {
+        for (topic, out) in self.outbox.take_due(Instant::now()) {
+            if let Err(e) = self.send_outgoing(topic, out) {
                 tracing::debug!(error = %e, "gossip bundle not sent");
             }
         }
+    }
+
+    /// Stores the batch-signed forms of the records in `out`, then sends it.
+    fn send_outgoing(
+        &mut self,
+        topic: TopicHash,
+        out: super::outbox::Outgoing,
+    ) -> Result<PublishOutcome, PublishError> {
+        for (old, new) in out.resigned {
+            self.records.replace(&out.project, &old, new);
+        }
+        self.send_gossip(topic, out.message)
     }
 
     /// Hands one message (a record or a bundle) to gossipsub, or queues it
@@ -1157,8 +1179,9 @@ impl Task {
     ) -> Result<bool, String> {
         let gossip =
             Gossip::from_bytes(&bytes).map_err(|e| format!("malformed gossip on {topic}: {e}"))?;
-        let (_, project) =
-            verify_record(&gossip).map_err(|e| format!("gossip record does not verify: {e}"))?;
+        let (_, project) = gossip
+            .verify_in(&mut self.verified_roots)
+            .map_err(|e| format!("gossip record does not verify: {e}"))?;
         let topic_ok = if *topic == Topic::Announce.ident().hash() {
             matches!(gossip, Gossip::Announce(_))
         } else {
@@ -1485,8 +1508,9 @@ impl Task {
         }
         let gossip =
             Gossip::from_bytes(&bytes).map_err(|e| format!("malformed synced record: {e}"))?;
-        let (_, record_project) =
-            verify_record(&gossip).map_err(|e| format!("synced record does not verify: {e}"))?;
+        let (_, record_project) = gossip
+            .verify_in(&mut self.verified_roots)
+            .map_err(|e| format!("synced record does not verify: {e}"))?;
         if record_project != project {
             return Err(format!(
                 "sync for project {} returned a record of {}",
