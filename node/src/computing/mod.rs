@@ -376,6 +376,7 @@ async fn run(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(NetworkEvent::Record { project, gossip, .. }) => w.on_record(project, gossip).await,
+                Some(NetworkEvent::RecordsMissed { project }) => w.reread(project).await,
                 Some(_) => {}
                 None => break,
             },
@@ -554,6 +555,27 @@ impl Worker {
                 self.on_record(project, r).await;
             }
         }
+    }
+
+    /// Applies every stored record of `project` again, after the network
+    /// dropped some of their events: applying is idempotent, so only the
+    /// missed ones change anything.
+    async fn reread(&mut self, project: ProjectId) {
+        if !self.projects.contains_key(&project)
+            && !self.loading.contains(&project)
+            && !self.wanted.contains(&project)
+            && !self.config.follow_all
+        {
+            return;
+        }
+        if let Ok(records) = self.client.records(project).await {
+            tracing::debug!(project = %project.short(), records = records.len(),
+                "reading the project's records again: some of their events were dropped");
+            for r in records {
+                self.on_record(project, r).await;
+            }
+        }
+        self.open_commits().await;
     }
 
     async fn on_record(&mut self, project: ProjectId, gossip: Gossip) {

@@ -288,6 +288,13 @@ pub enum NetworkEvent {
     },
     /// A peer misbehaved too often and was disconnected and blocked.
     PeerBanned(PeerId),
+    /// Records of `project` were stored but their `Record` events were
+    /// dropped because the node read events too slowly (a burst of sync
+    /// pages outruns any queue). The records are in the store: read them
+    /// again with `NetworkClient::records`. Sent once there is room again.
+    RecordsMissed {
+        project: ProjectId,
+    },
 }
 
 /// What `formic status` shows.

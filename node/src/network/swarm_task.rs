@@ -146,6 +146,8 @@ struct Task {
     publish_queue: VecDeque<QueuedPublish>,
     /// Records waiting to go out as one bundle per topic.
     outbox: Outbox,
+    /// Projects with dropped record events, to report (see `report_missed`).
+    missed: HashSet<ProjectId>,
     /// Batch signatures already checked: the rest of a batch's records,
     /// in the same bundle or a later sync page, cost hashes only.
     verified_roots: VerifiedRoots,
@@ -272,6 +274,7 @@ pub(crate) async fn spawn(
         project_topics: HashMap::new(),
         publish_queue: VecDeque::new(),
         outbox: Outbox::new(config.limits.bundle_window, Some(outbox_key)),
+        missed: HashSet::new(),
         verified_roots: VerifiedRoots::default(),
         pending_providers: HashMap::new(),
         pending_provide: HashMap::new(),
@@ -440,7 +443,12 @@ impl Task {
     fn emit(&mut self, event: NetworkEvent) {
         match self.events.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                // A dropped record is still in the store; the node is told
+                // to read the project again once it catches up.
+                if let NetworkEvent::Record { project, .. } = event {
+                    self.missed.insert(project);
+                }
                 self.dropped_events += 1;
                 if self.dropped_events.is_power_of_two() {
                     tracing::warn!(
@@ -452,6 +460,27 @@ impl Task {
             }
             // Nobody listens (e.g. a bare relay node): fine.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Tells the node which projects' records it missed, as far as the
+    /// event queue has room again.
+    fn report_missed(&mut self) {
+        let projects: Vec<ProjectId> = self.missed.iter().copied().collect();
+        for project in projects {
+            match self
+                .events
+                .try_send(NetworkEvent::RecordsMissed { project })
+            {
+                Ok(()) => {
+                    self.missed.remove(&project);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.missed.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -1541,6 +1570,9 @@ impl Task {
         self.stop_providing_evicted();
         // Also forgets topics gone quiet.
         self.send_due_bundles();
+        if !self.missed.is_empty() {
+            self.report_missed();
+        }
         if !self.publish_queue.is_empty() {
             self.retry_publish();
         }

@@ -1,0 +1,185 @@
+//! Gossip bundles over real sockets: a burst of a node's own records leaves
+//! as bundles signed as one batch and arrives whole, each record once and
+//! each verifiable alone; and a node that reads its events too slowly is
+//! told which project's records it missed, and finds them in the store.
+
+use std::time::Duration;
+
+use formic_node::network::{NetworkEvent, RunningNode, Topic};
+use formic_protocol::messages::Gossip;
+use formic_tests::*;
+use libp2p::identity::Keypair;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Two connected nodes, both in the project's topic; the first signs with
+/// `key`. `event_queue` sizes the second one's event queue.
+async fn pair(
+    dirs: &[tempfile::TempDir; 2],
+    key: &Keypair,
+    event_queue: usize,
+) -> anyhow::Result<(RunningNode, RunningNode)> {
+    let mut config = test_config(dirs[0].path(), vec![]);
+    config.keypair = Some(key.clone());
+    let a = formic_node::network::start(config).await?;
+    let mut config = test_config(dirs[1].path(), a.dial_addrs());
+    config.limits.event_queue = event_queue;
+    let b = formic_node::network::start(config).await?;
+    Ok((a, b))
+}
+
+/// Publishes probes from `a` until `b` hears one: the topic's mesh is up.
+async fn mesh_up(
+    a: &RunningNode,
+    events: &mut tokio::sync::mpsc::Receiver<NetworkEvent>,
+    key: &Keypair,
+    topic: Topic,
+) -> anyhow::Result<()> {
+    let p = project("bundles");
+    for i in 0..40u64 {
+        let probe = commit(key, p, 1_000_000 + i);
+        a.client().publish(topic, probe.clone()).await?;
+        if wait_record(events, Duration::from_millis(500), &probe)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the topic's mesh never formed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let key = Keypair::generate_ed25519();
+    let (a, mut b) = pair(&dirs, &key, 1024).await?;
+    let mut events = b
+        .take_events()
+        .ok_or_else(|| anyhow::anyhow!("events taken"))?;
+    let p = project("bundles");
+    let topic = Topic::Project(p);
+    a.client().subscribe(topic).await?;
+    b.client().subscribe(topic).await?;
+    mesh_up(&a, &mut events, &key, topic).await?;
+    // Drain what the probes left behind.
+    while events.try_recv().is_ok() {}
+
+    let n = 60u64;
+    for i in 0..n {
+        a.client().publish(topic, commit(&key, p, i)).await?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut batch_signed = 0;
+    while seen.len() < n as usize {
+        let (index, batched) =
+            wait_event(&mut events, WAIT, "the burst's records", |ev| match ev {
+                NetworkEvent::Record {
+                    gossip: Gossip::Commit(c),
+                    ..
+                } => {
+                    // Each record verifies alone, from its own bytes.
+                    let bytes = Gossip::Commit(c.clone()).to_bytes().ok()?;
+                    let fresh = Gossip::from_bytes(&bytes).ok()?;
+                    fresh.verify().ok()?;
+                    let index = c.verify().ok()?.unit.index;
+                    (index < n).then_some((index, c.is_batch_signed()))
+                }
+                _ => None,
+            })
+            .await?;
+        assert!(seen.insert(index), "record {index} reported twice");
+        batch_signed += usize::from(batched);
+    }
+    // 60 records published back to back cannot all go alone: the first
+    // does, the rest wait for the topic's window and share a signature.
+    assert!(
+        batch_signed >= (n as usize) / 2,
+        "only {batch_signed} of {n} records came signed as a batch"
+    );
+    // Each node holds every record once: the sender swapped its own forms
+    // for the batch-signed ones instead of adding them.
+    for node in [&a, &b] {
+        let held = node.client().records(p).await?;
+        let burst = held
+            .iter()
+            .filter(
+                |g| matches!(g, Gossip::Commit(c) if c.verify().is_ok_and(|c| c.unit.index < n)),
+            )
+            .count();
+        assert_eq!(burst, n as usize);
+    }
+    let sender_batched = a
+        .client()
+        .records(p)
+        .await?
+        .iter()
+        .filter(|g| matches!(g, Gossip::Commit(c) if c.is_batch_signed()))
+        .count();
+    assert!(
+        sender_batched >= (n as usize) / 2,
+        "the sender kept {sender_batched} batch forms"
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_record_events_are_reported_and_the_records_kept() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let key = Keypair::generate_ed25519();
+    // Room for a handful of events only.
+    let (a, mut b) = pair(&dirs, &key, 4).await?;
+    let mut events = b
+        .take_events()
+        .ok_or_else(|| anyhow::anyhow!("events taken"))?;
+    let p = project("bundles");
+    let topic = Topic::Project(p);
+    a.client().subscribe(topic).await?;
+    b.client().subscribe(topic).await?;
+    mesh_up(&a, &mut events, &key, topic).await?;
+    while events.try_recv().is_ok() {}
+
+    let n = 100u64;
+    for i in 0..n {
+        a.client().publish(topic, commit(&key, p, i)).await?;
+    }
+    // Not reading events meanwhile: most of them are dropped.
+    wait_until(WAIT, "the second node stores the burst", || async {
+        b.client().records(p).await.is_ok_and(|r| {
+            r.iter()
+                .filter(|g| matches!(g, Gossip::Commit(c) if c.verify().is_ok_and(|c| c.unit.index < n)))
+                .count()
+                == n as usize
+        })
+    })
+    .await?;
+    let mut delivered = 0;
+    let missed = wait_event(
+        &mut events,
+        WAIT,
+        "word of the missed records",
+        |ev| match ev {
+            NetworkEvent::Record { .. } => {
+                delivered += 1;
+                None
+            }
+            NetworkEvent::RecordsMissed { project } => Some(*project),
+            _ => None,
+        },
+    )
+    .await?;
+    assert_eq!(missed, p);
+    assert!(
+        delivered < n,
+        "every event was delivered: nothing to report"
+    );
+    let status = b.client().status().await?;
+    assert!(status.dropped_events > 0);
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
