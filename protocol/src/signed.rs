@@ -317,8 +317,10 @@ pub struct Signed<T> {
     signature: Vec<u8>,
     /// Set when the record was signed as one of a batch. Left out of the
     /// encoding when absent, so a record signed alone encodes as before.
+    /// Boxed: most records are signed alone, and records travel in enums
+    /// and channels by value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    batch: Option<BatchProof>,
+    batch: Option<Box<BatchProof>>,
     /// Set once the signature has been checked on this very value (its
     /// fields never change), so a record verified when it arrives is not
     /// verified again by each layer it passes through: ed25519 was most of
@@ -471,7 +473,7 @@ impl<T: SignedPayload> Signed<T> {
     #[doc(hidden)]
     pub fn batch_proof_mut(&mut self) -> Option<&mut BatchProof> {
         self.checked = OnceLock::new();
-        self.batch.as_mut()
+        self.batch.as_deref_mut()
     }
 
     /// Test and fault-injection hook: the parts, to alter one on purpose.
@@ -501,7 +503,7 @@ impl<T: SignedPayload> BatchSignable for Signed<T> {
 
     fn set_batch_signature(&mut self, signature: Vec<u8>, proof: BatchProof) {
         self.signature = signature;
-        self.batch = Some(proof);
+        self.batch = Some(Box::new(proof));
         // Signed here, by the record's own signer: valid by construction.
         self.checked = OnceLock::from(());
     }
