@@ -397,6 +397,26 @@ impl Gossip {
         self.signable().signer_key()
     }
 
+    /// For a claim, the worker and the unit it claims; None otherwise.
+    pub fn claimed(&self) -> Option<(SignerKey, UnitRef)> {
+        match self {
+            Gossip::Claim(c) => c.verify().ok().map(|v| (c.signer(), v.unit)),
+            _ => None,
+        }
+    }
+
+    /// For a commit, the worker and unit whose claim it makes redundant.
+    /// Receivers count a worker's commit in place of its claim (a slot
+    /// committed to is taken, whatever the lease), so a claim that has not
+    /// left its sender when the same worker's commit for the unit is ready
+    /// tells nobody anything: short units need not gossip their claims.
+    pub fn supersedes_claim(&self) -> Option<(SignerKey, UnitRef)> {
+        match self {
+            Gossip::Commit(c) => c.verify().ok().map(|v| (c.signer(), v.unit)),
+            _ => None,
+        }
+    }
+
     fn signable(&self) -> &dyn BatchSignable {
         match self {
             Gossip::Announce(s) => s,

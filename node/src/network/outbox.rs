@@ -9,6 +9,12 @@
 //! record waits longer than one window. A bundle that would outgrow
 //! [`MAX_GOSSIP_BYTES`] is sent early.
 //!
+//! A claim still waiting when its worker's commit for the same unit joins
+//! it is left out of the bundle (see `Gossip::supersedes_claim`): with
+//! short units claim and commit are made within a window of each other,
+//! and the commit alone says all the claim would. It is still signed with
+//! the batch and kept in the store, so sync serves it like any record.
+//!
 //! Pure bookkeeping: the swarm task hands it the current time and sends
 //! what it returns.
 
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use formic_protocol::messages::{
-    Gossip, GossipBundle, MAX_BUNDLE_RECORDS, MAX_GOSSIP_BYTES, ProjectId,
+    Gossip, GossipBundle, MAX_BUNDLE_RECORDS, MAX_GOSSIP_BYTES, ProjectId, UnitRef,
 };
 use formic_protocol::signed::{MAX_BATCH_PROOF_BYTES, SignerKey};
 use libp2p::gossipsub::TopicHash;
@@ -27,10 +33,22 @@ use libp2p::identity::Keypair;
 /// are rare.
 const MAX_BATCH_SIGNED_BYTES: usize = 4 * 1024;
 
+/// A record waiting for its bundle.
+#[derive(Debug)]
+struct Held {
+    record: Gossip,
+    bytes: Vec<u8>,
+    /// For a claim: whose and of which unit, to find it when its commit
+    /// comes.
+    claim: Option<(SignerKey, UnitRef)>,
+    /// Superseded by its worker's commit: signed and stored, not sent.
+    silent: bool,
+}
+
 #[derive(Debug)]
 struct Pending {
     project: ProjectId,
-    records: Vec<(Gossip, Vec<u8>)>,
+    records: Vec<Held>,
     bytes: usize,
     /// When this topic last sent a message.
     last_sent: Option<Instant>,
@@ -105,6 +123,14 @@ impl Outbox {
                 held: false,
             };
         }
+        if let Some(key) = record.supersedes_claim()
+            && let Some(claim) = p
+                .records
+                .iter_mut()
+                .find(|h| !h.silent && h.claim == Some(key))
+        {
+            claim.silent = true;
+        }
         let mut send = Vec::new();
         let size = bytes.len() + MAX_BATCH_PROOF_BYTES;
         let grown = p.bytes + size + GossipBundle::overhead(p.records.len() + 1);
@@ -114,7 +140,12 @@ impl Outbox {
             send.extend(take(p, self.keypair.as_ref(), now));
         }
         p.bytes += size;
-        p.records.push((record, bytes));
+        p.records.push(Held {
+            claim: record.claimed(),
+            record,
+            bytes,
+            silent: false,
+        });
         Ready { send, held: true }
     }
 
@@ -155,7 +186,7 @@ impl Outbox {
 
 /// Empties `p` into the messages that carry its records: a record alone as
 /// it came, several as one bundle with this node's own records signed again
-/// as one batch.
+/// as one batch (superseded claims signed too, but not sent).
 fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -> Vec<Outgoing> {
     p.last_sent = Some(now);
     p.bytes = 0;
@@ -167,16 +198,21 @@ fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -
         resigned: Vec::new(),
     };
     if records.len() == 1 {
-        return records.into_iter().map(|(_, b)| alone(b)).collect();
+        return records.into_iter().map(|h| alone(h.bytes)).collect();
     }
     let resigned = match keypair {
         Some((key, me)) => batch_sign(&mut records, key, me),
         None => Vec::new(),
     };
+    let sent: Vec<Vec<u8>> = records
+        .into_iter()
+        .filter(|h| !h.silent)
+        .map(|h| h.bytes)
+        .collect();
     let bundle = GossipBundle {
-        bundle: records
+        bundle: sent
             .iter()
-            .map(|(_, b)| serde_bytes::ByteBuf::from(b.clone()))
+            .map(|b| serde_bytes::ByteBuf::from(b.clone()))
             .collect(),
     };
     match bundle.to_bytes() {
@@ -190,7 +226,7 @@ fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -
         // the new forms through the first).
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode a gossip bundle; sending its records alone");
-            let mut out: Vec<Outgoing> = records.into_iter().map(|(_, b)| alone(b)).collect();
+            let mut out: Vec<Outgoing> = sent.into_iter().map(alone).collect();
             if let Some(first) = out.first_mut() {
                 first.resigned = resigned;
             }
@@ -202,18 +238,16 @@ fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -
 /// Signs this node's own small records among `records` again as one batch,
 /// replacing their bytes, and returns (old bytes, new bytes) of each; on
 /// any failure they keep their own signatures.
-fn batch_sign(
-    records: &mut [(Gossip, Vec<u8>)],
-    key: &Keypair,
-    me: &SignerKey,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn batch_sign(records: &mut [Held], key: &Keypair, me: &SignerKey) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mine: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].0.signer() == *me && records[i].1.len() <= MAX_BATCH_SIGNED_BYTES)
+        .filter(|&i| {
+            records[i].record.signer() == *me && records[i].bytes.len() <= MAX_BATCH_SIGNED_BYTES
+        })
         .collect();
     if mine.len() < 2 {
         return Vec::new();
     }
-    let mut batch: Vec<Gossip> = mine.iter().map(|&i| records[i].0.clone()).collect();
+    let mut batch: Vec<Gossip> = mine.iter().map(|&i| records[i].record.clone()).collect();
     if let Err(e) = Gossip::sign_batch(key, &mut batch) {
         tracing::warn!(error = %e, "cannot sign a batch; its records keep their own signatures");
         return Vec::new();
@@ -223,8 +257,9 @@ fn batch_sign(
         Ok(encoded) => {
             let mut resigned = Vec::with_capacity(mine.len());
             for ((&i, g), b) in mine.iter().zip(batch).zip(encoded) {
-                let old = std::mem::replace(&mut records[i], (g, b.clone()));
-                resigned.push((old.1, b));
+                let held = &mut records[i];
+                held.record = g;
+                resigned.push((std::mem::replace(&mut held.bytes, b.clone()), b));
             }
             resigned
         }
@@ -238,7 +273,7 @@ fn batch_sign(
 #[cfg(test)]
 mod tests {
     use formic_protocol::ContentId;
-    use formic_protocol::messages::{Commit, Data, Reveal, UnitRef};
+    use formic_protocol::messages::{Claim, Commit, Data, Reveal, UnitRef};
     use formic_protocol::signed::Signed;
 
     use super::*;
@@ -269,6 +304,21 @@ mod tests {
             )
             .expect("sign"),
         );
+        let bytes = g.to_bytes().expect("encode");
+        (g, bytes)
+    }
+
+    /// A claim of unit `index`, signed by `key`, and its bytes.
+    fn claim(key: &Keypair, index: u64) -> (Gossip, Vec<u8>) {
+        let claim = Claim {
+            unit: UnitRef {
+                project: project(),
+                index,
+            },
+            slot: 0,
+            lease_until_ms: 1,
+        };
+        let g = Gossip::Claim(Signed::sign(key, &claim).expect("sign"));
         let bytes = g.to_bytes().expect("encode");
         (g, bytes)
     }
@@ -405,6 +455,42 @@ mod tests {
         assert_eq!(records[0].to_bytes().expect("encode"), their_bytes);
         assert!(matches!(&records[1], Gossip::Commit(c) if c.is_batch_signed()));
         assert_eq!(due[0].1.resigned.len(), 2);
+    }
+
+    #[test]
+    fn a_claim_whose_commit_joins_it_is_stored_not_sent() {
+        let key = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let mut out = Outbox::new(WINDOW, Some(key.clone()));
+        let t0 = Instant::now();
+        push(&mut out, "a", commit(&key, 0), t0);
+        let (c1, c1_bytes) = claim(&key, 1);
+        push(&mut out, "a", (c1, c1_bytes.clone()), t0);
+        push(&mut out, "a", claim(&key, 2), t0);
+        // Another worker's commit for unit 1 supersedes nothing of ours.
+        push(&mut out, "a", commit(&other, 1), t0);
+        push(&mut out, "a", commit(&key, 1), t0);
+        let due = out.take_due(t0 + WINDOW);
+        let sent = unbundle(&due[0].1.message);
+        let kinds: Vec<(&str, u64)> = sent
+            .iter()
+            .map(|g| match g {
+                Gossip::Claim(c) => ("claim", c.verify().expect("claim").unit.index),
+                other => ("commit", unit_of(other)),
+            })
+            .collect();
+        assert_eq!(kinds, vec![("claim", 2), ("commit", 1), ("commit", 1)]);
+        // The silent claim was still signed with the batch, for the store.
+        let (before, after) = due[0]
+            .1
+            .resigned
+            .iter()
+            .find(|(b, _)| *b == c1_bytes)
+            .expect("the silent claim is re-signed");
+        assert_ne!(before, after);
+        let stored = Gossip::from_bytes(after).expect("decode");
+        assert!(matches!(&stored, Gossip::Claim(c) if c.is_batch_signed()));
+        stored.verify().expect("verifies alone");
     }
 
     #[test]
