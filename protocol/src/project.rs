@@ -633,13 +633,16 @@ impl ProjectState {
                 done.push(*index);
                 continue;
             }
-            let recs = self.units.get(index);
-            if !is_started(recs) || open(*index, recs) == 0 {
+            // Rank first: only a unit ahead of the best so far is worth
+            // the slot count, and in a random order few are.
+            let Some(pos) = self.order_pos.get(index) else {
+                continue;
+            };
+            if best.is_some_and(|(p, _)| *pos >= p) {
                 continue;
             }
-            if let Some(pos) = self.order_pos.get(index)
-                && best.is_none_or(|(p, _)| *pos < p)
-            {
+            let recs = self.units.get(index);
+            if is_started(recs) && open(*index, recs) > 0 {
                 best = Some((*pos, *index));
             }
         }
