@@ -111,6 +111,14 @@ impl Outbox {
             bytes: 0,
             last_sent: None,
         });
+        // The same record twice in one batch would get two proofs, two
+        // valid envelopes of one record.
+        if p.records.iter().any(|h| h.bytes == bytes) {
+            return Ready {
+                send: Vec::new(),
+                held: true,
+            };
+        }
         let quiet = p.last_sent.is_none_or(|t| now >= t + window);
         if p.records.is_empty() && quiet {
             p.last_sent = Some(now);
@@ -204,11 +212,21 @@ fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -
         Some((key, me)) => batch_sign(&mut records, key, me),
         None => Vec::new(),
     };
-    let sent: Vec<Vec<u8>> = records
+    let mut sent: Vec<Vec<u8>> = records
         .into_iter()
         .filter(|h| !h.silent)
         .map(|h| h.bytes)
         .collect();
+    // A silent claim always has its commit after it in the same bundle,
+    // so something is left to send; were it one record, it goes alone
+    // (never as an empty bundle, which receivers refuse).
+    if sent.len() <= 1 {
+        let mut out: Vec<Outgoing> = sent.drain(..).map(alone).collect();
+        if let Some(first) = out.first_mut() {
+            first.resigned = resigned;
+        }
+        return out;
+    }
     let bundle = GossipBundle {
         bundle: sent
             .iter()

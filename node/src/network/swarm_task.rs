@@ -1183,7 +1183,12 @@ impl Task {
         for record in bundle.bundle {
             match self.accept_record(forwarder, &message.topic, record.into_vec()) {
                 Ok(fresh) => new |= fresh,
-                Err(reason) => fault = fault.or(Some(reason)),
+                // One bad record condemns the bundle: checking the rest
+                // would let one strike cost a thousand signature checks.
+                Err(reason) => {
+                    fault = Some(reason);
+                    break;
+                }
             }
         }
         match fault {
@@ -1206,6 +1211,13 @@ impl Task {
         topic: &TopicHash,
         bytes: Vec<u8>,
     ) -> Result<bool, String> {
+        // Bytes already held were checked when they first came. Inside a
+        // bundle gossipsub's duplicate filter cannot help, so without this
+        // a peer could make every node re-check a known record's signature
+        // hundreds of times per message, for nothing but an Ignore.
+        if self.records.holds(&bytes) {
+            return Ok(false);
+        }
         let gossip =
             Gossip::from_bytes(&bytes).map_err(|e| format!("malformed gossip on {topic}: {e}"))?;
         let (_, project) = gossip
