@@ -194,6 +194,29 @@ impl StateStore {
     }
 
     /// Stores records in one transaction (already-stored ones are no-ops).
+    /// Applies journal entries in one transaction, in order.
+    pub fn write_journal(&self, batch: &[JournalEntry]) -> Result<(), StateStoreError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(write_err)?;
+            for entry in batch {
+                let (project, bytes) = match entry {
+                    JournalEntry::Add(project, bytes) => (project, bytes),
+                    JournalEntry::Replace { project, old, new } => {
+                        table
+                            .remove(record_key(project, old).as_slice())
+                            .map_err(write_err)?;
+                        (project, new)
+                    }
+                };
+                table
+                    .insert(record_key(project, bytes).as_slice(), bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+
     pub fn put_records(&self, batch: &[(ProjectId, Vec<u8>)]) -> Result<(), StateStoreError> {
         let txn = self.db.begin_write().map_err(write_err)?;
         {
@@ -304,8 +327,22 @@ impl StateStore {
     }
 }
 
+/// A change to the stored records, for the writer thread.
+#[derive(Debug)]
+pub enum JournalEntry {
+    /// A new record.
+    Add(ProjectId, Vec<u8>),
+    /// The same record in another envelope (signed again with its gossip
+    /// bundle): the old form is deleted, so a restart restores one form.
+    Replace {
+        project: ProjectId,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    },
+}
+
 /// Records waiting for the writer thread.
-pub type RecordJournal = std::sync::mpsc::Sender<(ProjectId, Vec<u8>)>;
+pub type RecordJournal = std::sync::mpsc::Sender<JournalEntry>;
 
 /// Records per write transaction, at most.
 const BATCH: usize = 1024;
@@ -314,7 +351,7 @@ const BATCH: usize = 1024;
 /// blocks for the first record, takes whatever else is queued, and commits
 /// them together. It stops when every sender is dropped.
 pub fn spawn_record_writer(store: std::sync::Arc<StateStore>) -> std::io::Result<RecordJournal> {
-    let (tx, rx) = std::sync::mpsc::channel::<(ProjectId, Vec<u8>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<JournalEntry>();
     std::thread::Builder::new()
         .name("formic-state-writer".into())
         .spawn(move || {
@@ -326,7 +363,7 @@ pub fn spawn_record_writer(store: std::sync::Arc<StateStore>) -> std::io::Result
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = store.put_records(&batch) {
+                if let Err(e) = store.write_journal(&batch) {
                     // Not fatal: peers still hold these records and pull-sync
                     // returns them after a restart.
                     tracing::warn!(error = %e, records = batch.len(), "records not persisted");
@@ -434,11 +471,27 @@ mod tests {
         let journal = spawn_record_writer(std::sync::Arc::clone(&store)).expect("thread");
         let p = ContentId::of(b"p");
         for i in 0..100u32 {
-            journal.send((p, i.to_le_bytes().to_vec())).expect("send");
+            journal
+                .send(JournalEntry::Add(p, i.to_le_bytes().to_vec()))
+                .expect("send");
         }
+        // A record swapped for another form of it leaves one form.
+        journal
+            .send(JournalEntry::Replace {
+                project: p,
+                old: 7u32.to_le_bytes().to_vec(),
+                new: b"seven".to_vec(),
+            })
+            .expect("send");
         drop(journal);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.records().expect("records").len() < 100 {
+        loop {
+            let held = store.records().expect("records");
+            if held.iter().any(|(_, b)| b == b"seven") {
+                assert_eq!(held.len(), 100);
+                assert!(!held.iter().any(|(_, b)| *b == 7u32.to_le_bytes()));
+                break;
+            }
             assert!(std::time::Instant::now() < deadline, "records not written");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }

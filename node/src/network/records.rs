@@ -103,7 +103,12 @@ impl RecordStore {
             return Inserted::Full;
         }
         log.seen.insert(id, log.records.len());
-        Self::journal(&mut self.journal, project, &bytes);
+        if self.journal.is_some() {
+            Self::journal(
+                &mut self.journal,
+                crate::state_store::JournalEntry::Add(project, bytes.clone()),
+            );
+        }
         log.records.push(bytes);
         Inserted::New
     }
@@ -125,18 +130,26 @@ impl RecordStore {
             return false;
         };
         log.seen.insert(new_id, pos);
-        Self::journal(&mut self.journal, *project, &new);
-        log.records[pos] = new;
+        let old = std::mem::replace(&mut log.records[pos], new.clone());
+        if self.journal.is_some() {
+            Self::journal(
+                &mut self.journal,
+                crate::state_store::JournalEntry::Replace {
+                    project: *project,
+                    old,
+                    new,
+                },
+            );
+        }
         true
     }
 
     fn journal(
         journal: &mut Option<crate::state_store::RecordJournal>,
-        project: ProjectId,
-        bytes: &[u8],
+        entry: crate::state_store::JournalEntry,
     ) {
         if let Some(j) = journal
-            && j.send((project, bytes.to_vec())).is_err()
+            && j.send(entry).is_err()
         {
             tracing::warn!("the state writer stopped; new records are no longer persisted");
             *journal = None;
