@@ -52,4 +52,17 @@ pub enum UnitError {
     /// The module does not export the named function (`_start`).
     #[error("missing export {name}")]
     MissingExport { name: String },
+    /// This host already runs as many units as its sandbox has slots: a
+    /// condition of the host, not of the unit, which may run later.
+    #[error("the sandbox is full ({reason}); try again later")]
+    HostBusy { reason: String },
+}
+
+impl UnitError {
+    /// Whether the error comes from this host's state rather than from the
+    /// unit: such a unit is not failed, only not run yet. Every other error
+    /// is deterministic and would recur on any host.
+    pub fn is_host_condition(&self) -> bool {
+        matches!(self, UnitError::HostBusy { .. })
+    }
 }

@@ -57,11 +57,15 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// Tables a unit may have (the store limiter allows as many).
 const MAX_TABLES: u32 = 4;
 
-/// Units one sandbox can run at once: slots of the instance pool. A node
-/// runs at most one unit per compute slot (at most one per core), so this
-/// is never the limit in practice; each slot reserves (but does not use)
-/// 4 GiB of address space for its linear memory.
-const POOL_SLOTS: u32 = 64;
+/// Units one sandbox can run at once: slots of the instance pool, twice the
+/// cores (a node runs one unit per compute thread, by default one fewer
+/// than the cores), at least 16. Each slot reserves, but does not use,
+/// about 4 GiB of address space for its linear memory. A unit that finds
+/// every slot taken ends in [`UnitError::HostBusy`], which callers retry.
+fn pool_slots() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(8, |n| n.get());
+    u32::try_from(cores.saturating_mul(2)).map_or(256, |n| n.clamp(16, 256))
+}
 
 const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
@@ -159,7 +163,7 @@ pub struct Sandbox {
     tuning: EngineTuning,
 }
 
-fn engine_config(tuning: EngineTuning) -> Config {
+fn engine_config(tuning: EngineTuning, pooled: bool) -> Config {
     let mut config = Config::new();
     config
         .strategy(Strategy::Cranelift)
@@ -191,11 +195,15 @@ fn engine_config(tuning: EngineTuning) -> Config {
     // set at or above the store limiter's, so the limiter (whose errors
     // name the limit) is what a unit meets first; only the 4 GiB memory
     // cap, wasm32's own, is the pool's.
+    if !pooled {
+        return config;
+    }
+    let slots = pool_slots();
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(POOL_SLOTS)
-        .total_memories(POOL_SLOTS)
-        .total_tables(POOL_SLOTS * MAX_TABLES)
-        .total_stacks(POOL_SLOTS)
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots * MAX_TABLES)
+        .total_stacks(slots)
         .max_memories_per_module(1)
         .max_tables_per_module(MAX_TABLES)
         .table_elements(MAX_TABLE_ELEMENTS)
@@ -262,9 +270,17 @@ impl Sandbox {
         config: SandboxConfig,
         tuning: EngineTuning,
     ) -> Result<Sandbox, SandboxError> {
-        let engine = Engine::new(&engine_config(tuning)).map_err(|e| SandboxError::Engine {
-            reason: e.to_string(),
-        })?;
+        // The pool reserves its address space up front, which a host with
+        // a small address space (`ulimit -v`, 39-bit arm64 kernels) may
+        // refuse; units then get fresh mappings, as before the pool.
+        let engine = Engine::new(&engine_config(tuning, true))
+            .or_else(|e| {
+                tracing::warn!(error = %e, "cannot reserve the sandbox's instance pool; mapping each unit's memory on its own");
+                Engine::new(&engine_config(tuning, false))
+            })
+            .map_err(|e| SandboxError::Engine {
+                reason: e.to_string(),
+            })?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine {
             reason: e.to_string(),
@@ -518,6 +534,11 @@ fn classify(
 ) -> UnitError {
     if let Some(reason) = state.stop {
         return stop_error(reason, limits);
+    }
+    if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return UnitError::HostBusy {
+            reason: full.to_string(),
+        };
     }
     if state.stdout_overflow {
         return UnitError::OutputTooLarge {

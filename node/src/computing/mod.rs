@@ -284,10 +284,21 @@ const LOAD_RETRY_ATTEMPTS: u32 = 12;
 struct JobDone {
     project: ProjectId,
     unit: UnitRef,
-    result: Result<(Vec<u8>, u64), String>,
+    result: Result<(Vec<u8>, u64), JobError>,
     /// CPU time the run took on its thread (None where unknown or where
     /// it never ran).
     cpu: Option<Duration>,
+}
+
+/// Why a unit run gave no result.
+enum JobError {
+    /// The unit itself failed (a trap, a limit): deterministic, so it would
+    /// fail on every host, and is not retried.
+    Unit(String),
+    /// This host could not run it now (input not fetched, the sandbox or
+    /// the compute pool full, the thread lost): the unit is free to be
+    /// taken again.
+    Host(String),
 }
 
 /// Starts the computing task over a node's network.
@@ -561,10 +572,12 @@ impl Worker {
     /// dropped some of their events: applying is idempotent, so only the
     /// missed ones change anything.
     async fn reread(&mut self, project: ProjectId) {
-        if !self.projects.contains_key(&project)
-            && !self.loading.contains(&project)
-            && !self.wanted.contains(&project)
-            && !self.config.follow_all
+        // A project still loading catches up from the store when it is
+        // loaded. One not followed matters only for its announcement.
+        if self.loading.contains(&project)
+            || (!self.projects.contains_key(&project)
+                && !self.wanted.contains(&project)
+                && !self.config.follow_all)
         {
             return;
         }
@@ -858,7 +871,12 @@ impl Worker {
                     Data::Inline(b) => b,
                     Data::Blob(r) => match client.fetch_blob(r).await {
                         Ok(b) => b,
-                        Err(e) => return (Err(format!("fetching the input: {e}")), None),
+                        Err(e) => {
+                            return (
+                                Err(JobError::Host(format!("fetching the input: {e}"))),
+                                None,
+                            );
+                        }
                     },
                 };
                 let seed = *order.seed.as_bytes();
@@ -878,19 +896,30 @@ impl Worker {
                     // or a limit hit is CPU given all the same.
                     crate::os_clocks::with_thread_cpu(|| {
                         sandbox
-                            .get()?
+                            .get()
+                            .map_err(JobError::Host)?
                             .run(&app, &input, seed, &limits, Some(&control))
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| {
+                                if e.is_host_condition() {
+                                    JobError::Host(e.to_string())
+                                } else {
+                                    JobError::Unit(e.to_string())
+                                }
+                            })
                     })
                 };
                 let ran = match pool {
                     Some(pool) => match pool.submit(job).await {
-                        Ok(rx) => rx.await.map_err(|_| "the unit's thread failed".to_owned()),
-                        Err(e) => Err(format!("the compute pool refused the unit: {e}")),
+                        Ok(rx) => rx
+                            .await
+                            .map_err(|_| JobError::Host("the unit's thread failed".to_owned())),
+                        Err(e) => Err(JobError::Host(format!(
+                            "the compute pool refused the unit: {e}"
+                        ))),
                     },
                     None => tokio::task::spawn_blocking(job)
                         .await
-                        .map_err(|e| format!("the unit's thread failed: {e}")),
+                        .map_err(|e| JobError::Host(format!("the unit's thread failed: {e}"))),
                 };
                 match ran {
                     Ok((outcome, cpu)) => (outcome.map(|o| (o.output, o.fuel_used)), cpu),
@@ -919,11 +948,19 @@ impl Worker {
         };
         let (mut output, fuel) = match done.result {
             Ok(x) => x,
-            Err(e) => {
+            Err(JobError::Unit(e)) => {
                 // Units are deterministic: a failing unit fails everywhere,
                 // so it stays marked busy here instead of being retried.
                 self.failed += 1;
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e, "unit failed");
+                return;
+            }
+            Err(JobError::Host(e)) => {
+                // Not the unit's fault, so not counted as failed: another
+                // worker takes it once this node's claim lapses.
+                f.busy.remove(&done.unit.index);
+                tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e,
+                    "unit not run on this host; it stays open");
                 return;
             }
         };
