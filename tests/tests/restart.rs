@@ -12,11 +12,6 @@ use libp2p::identity::Keypair;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Whether every node has every other in its Kademlia routing table, which
-/// is what `peers.json` remembers. Being connected is not enough: a peer
-/// enters the table once identify reports its listen addresses, and a node
-/// stopped before that (it happened under load, in CI) restarts on a new
-/// port knowing nobody, while the others only know its old port.
 /// A test node that sends each record at once, alone. Bundling holds a
 /// record published within 10 ms of the previous one, and this test runs
 /// fast enough that a held record could leave after the stopped node is
@@ -30,6 +25,11 @@ async fn start_unbundled(
     Ok(formic_node::network::start(config).await?)
 }
 
+/// Whether every node has every other in its Kademlia routing table, which
+/// is what `peers.json` remembers. Being connected is not enough: a peer
+/// enters the table once identify reports its listen addresses, and a node
+/// stopped before that (it happened under load, in CI) restarts on a new
+/// port knowing nobody, while the others only know its old port.
 async fn all_known(nodes: &[RunningNode]) -> bool {
     for n in nodes {
         match n.client().routing_table().await {
