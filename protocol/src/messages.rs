@@ -392,6 +392,18 @@ impl Gossip {
         })
     }
 
+    /// What the record says and who says it, whatever its envelope: the
+    /// same record signed alone and signed with a batch has one id (the
+    /// content id of the bytes differs). Not verified.
+    pub fn record_id(&self) -> crate::ContentId {
+        let s = self.signable();
+        let mut h = blake3::Hasher::new();
+        h.update(b"formic/v1/record-id");
+        h.update(s.signer_key().as_bytes());
+        h.update(&s.batch_leaf());
+        h.finalize().into()
+    }
+
     /// Who signed the carried record (not verified).
     pub fn signer(&self) -> SignerKey {
         self.signable().signer_key()

@@ -12,20 +12,47 @@ use libp2p::identity::Keypair;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Two connected nodes, both in the project's topic; the first signs with
-/// `key`. `event_queue` sizes the second one's event queue.
-async fn pair(
-    dirs: &[tempfile::TempDir; 2],
-    key: &Keypair,
-    event_queue: usize,
-) -> anyhow::Result<(RunningNode, RunningNode)> {
+/// Two connected nodes in one project's topic, its mesh formed: `a` signs
+/// with `key`; `b`'s event queue holds `event_queue` events, and `events`
+/// is it, drained of the probes that formed the mesh.
+struct Pair {
+    a: RunningNode,
+    b: RunningNode,
+    events: tokio::sync::mpsc::Receiver<NetworkEvent>,
+    key: Keypair,
+    project: formic_protocol::messages::ProjectId,
+    topic: Topic,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn pair(event_queue: usize) -> anyhow::Result<Pair> {
+    init_tracing();
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let key = Keypair::generate_ed25519();
     let mut config = test_config(dirs[0].path(), vec![]);
     config.keypair = Some(key.clone());
     let a = formic_node::network::start(config).await?;
     let mut config = test_config(dirs[1].path(), a.dial_addrs());
     config.limits.event_queue = event_queue;
-    let b = formic_node::network::start(config).await?;
-    Ok((a, b))
+    let mut b = formic_node::network::start(config).await?;
+    let mut events = b
+        .take_events()
+        .ok_or_else(|| anyhow::anyhow!("events taken"))?;
+    let project = project("bundles");
+    let topic = Topic::Project(project);
+    a.client().subscribe(topic).await?;
+    b.client().subscribe(topic).await?;
+    mesh_up(&a, &mut events, &key, topic).await?;
+    while events.try_recv().is_ok() {}
+    Ok(Pair {
+        a,
+        b,
+        events,
+        key,
+        project,
+        topic,
+        _dirs: dirs,
+    })
 }
 
 /// Publishes probes from `a` until `b` hears one: the topic's mesh is up.
@@ -51,21 +78,15 @@ async fn mesh_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result<()> {
-    init_tracing();
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let key = Keypair::generate_ed25519();
-    let (a, mut b) = pair(&dirs, &key, 1024).await?;
-    let mut events = b
-        .take_events()
-        .ok_or_else(|| anyhow::anyhow!("events taken"))?;
-    let p = project("bundles");
-    let topic = Topic::Project(p);
-    a.client().subscribe(topic).await?;
-    b.client().subscribe(topic).await?;
-    mesh_up(&a, &mut events, &key, topic).await?;
-    // Drain what the probes left behind.
-    while events.try_recv().is_ok() {}
-
+    let Pair {
+        a,
+        b,
+        mut events,
+        key,
+        project: p,
+        topic,
+        _dirs,
+    } = pair(1024).await?;
     let n = 60u64;
     for i in 0..n {
         a.client().publish(topic, commit(&key, p, i)).await?;
@@ -128,21 +149,16 @@ async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_record_events_are_reported_and_the_records_kept() -> anyhow::Result<()> {
-    init_tracing();
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let key = Keypair::generate_ed25519();
     // Room for a handful of events only.
-    let (a, mut b) = pair(&dirs, &key, 4).await?;
-    let mut events = b
-        .take_events()
-        .ok_or_else(|| anyhow::anyhow!("events taken"))?;
-    let p = project("bundles");
-    let topic = Topic::Project(p);
-    a.client().subscribe(topic).await?;
-    b.client().subscribe(topic).await?;
-    mesh_up(&a, &mut events, &key, topic).await?;
-    while events.try_recv().is_ok() {}
-
+    let Pair {
+        a,
+        b,
+        mut events,
+        key,
+        project: p,
+        topic,
+        _dirs,
+    } = pair(4).await?;
     let n = 100u64;
     for i in 0..n {
         a.client().publish(topic, commit(&key, p, i)).await?;

@@ -10,7 +10,7 @@
 //! projects; beyond that new records are refused (and logged), never
 //! allowed to grow memory without limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use formic_protocol::ContentId;
 use formic_protocol::messages::ProjectId;
@@ -44,6 +44,11 @@ pub enum Inserted {
 struct ProjectLog {
     /// Each record's position in `records`, by the blake3 of its bytes.
     seen: HashMap<ContentId, usize>,
+    /// The records' ids (`Gossip::record_id`), where known: one record in
+    /// two envelopes (signed alone, and again with its gossip bundle) is
+    /// stored and reported once, whichever comes first. Records restored
+    /// from disk at start have none.
+    ids: HashSet<ContentId>,
     records: Vec<Vec<u8>>,
 }
 
@@ -88,6 +93,17 @@ impl RecordStore {
 
     /// Adds a record the caller has already verified.
     pub fn insert(&mut self, project: ProjectId, bytes: Vec<u8>) -> Inserted {
+        self.insert_record(project, None, bytes)
+    }
+
+    /// Adds a record the caller has already verified, with its record id:
+    /// another envelope of a record already held is a duplicate.
+    pub fn insert_record(
+        &mut self,
+        project: ProjectId,
+        record_id: Option<ContentId>,
+        bytes: Vec<u8>,
+    ) -> Inserted {
         if !self.projects.contains_key(&project) && self.projects.len() >= self.limits.max_projects
         {
             tracing::warn!(%project, "record store is full of projects; dropping record");
@@ -95,7 +111,7 @@ impl RecordStore {
         }
         let log = self.projects.entry(project).or_default();
         let id = ContentId::of(&bytes);
-        if log.seen.contains_key(&id) {
+        if log.seen.contains_key(&id) || record_id.is_some_and(|r| log.ids.contains(&r)) {
             return Inserted::Duplicate;
         }
         if log.records.len() >= self.limits.max_per_project {
@@ -103,6 +119,9 @@ impl RecordStore {
             return Inserted::Full;
         }
         log.seen.insert(id, log.records.len());
+        if let Some(r) = record_id {
+            log.ids.insert(r);
+        }
         if self.journal.is_some() {
             Self::journal(
                 &mut self.journal,
@@ -235,6 +254,20 @@ mod tests {
         assert_eq!(page, vec![vec![3]]);
         assert_eq!(next, None);
         assert_eq!(store.page(&p, 99, 2, 1 << 20), (vec![], None));
+    }
+
+    #[test]
+    fn one_record_in_two_envelopes_is_held_once() {
+        let mut store = RecordStore::new(RecordLimits::default());
+        let p = ContentId::of(b"p");
+        let id = Some(ContentId::of(b"record"));
+        assert_eq!(store.insert_record(p, id, vec![1]), Inserted::New);
+        assert_eq!(store.insert_record(p, id, vec![2]), Inserted::Duplicate);
+        assert_eq!(
+            store.insert_record(p, Some(ContentId::of(b"other")), vec![2]),
+            Inserted::New
+        );
+        assert_eq!(store.records(&p), vec![vec![1], vec![2]]);
     }
 
     #[test]

@@ -646,7 +646,8 @@ impl Task {
         let bytes = gossip.to_bytes()?;
         // Stored at once, in the form signed alone: if it goes out signed
         // as one of a batch, that form takes its place when it is sent.
-        self.records.insert(project, bytes.clone());
+        self.records
+            .insert_record(project, Some(gossip.record_id()), bytes.clone());
         let hash = topic.ident().hash();
         // Announcements go alone: they are rare, and a newcomer should hear
         // of a project at once.
@@ -1234,7 +1235,10 @@ impl Task {
                 project.short()
             ));
         }
-        match self.records.insert(project, bytes) {
+        match self
+            .records
+            .insert_record(project, Some(gossip.record_id()), bytes)
+        {
             Inserted::New => {
                 self.emit(NetworkEvent::Record {
                     source: forwarder,
@@ -1559,7 +1563,10 @@ impl Task {
                 record_project.short()
             ));
         }
-        match self.records.insert(project, bytes) {
+        match self
+            .records
+            .insert_record(project, Some(gossip.record_id()), bytes)
+        {
             Inserted::New => {
                 self.emit(NetworkEvent::Record {
                     source: peer,
