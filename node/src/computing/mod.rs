@@ -957,8 +957,10 @@ impl Worker {
             }
             Err(JobError::Host(e)) => {
                 // Not the unit's fault, so not counted as failed: another
-                // worker takes it once this node's claim lapses.
-                f.busy.remove(&done.unit.index);
+                // worker takes it once this node's claim lapses. It stays
+                // busy here, or a hidden audit (which leaves no claim to
+                // keep it from this node) could be picked again at once,
+                // in a loop for as long as the host's trouble lasts.
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e,
                     "unit not run on this host; it stays open");
                 return;
