@@ -247,6 +247,8 @@ pub async fn run(
         .map_err(|e| DemoError::SpotChecks(format!("revealing: {e}")))?;
     collector.compute.follow(project_id).await;
     let mut last_sync = Instant::now() - Duration::from_secs(10);
+    // When every unit was first seen validated, before the final pull.
+    let mut done_at = None;
     let (manifest, state, publish_to_complete) = loop {
         if first_validated.is_none() {
             for v in &volunteers {
@@ -263,12 +265,29 @@ pub async fn run(
         // Poll the cheap progress; copy the state only once it looks done.
         if let Some(p) = collector.compute.progress(project_id) {
             progress("computing", p.validated, config.units);
-            if p.units > 0
-                && p.validated == p.units
-                && let Some(mut snap) = collector.compute.snapshot(project_id).await
-                && snap.state.is_complete()
-            {
-                break (snap.manifest, snap.state, publish_started.elapsed());
+            let complete = p.units > 0 && p.validated == p.units;
+            let mut snap = match complete {
+                true => collector.compute.snapshot(project_id).await,
+                false => None,
+            };
+            let done = snap.as_mut().is_some_and(|s| s.state.is_complete());
+            match snap.filter(|_| done) {
+                Some(snap) => match done_at {
+                    // Done as far as this node knows: pull once more before
+                    // reporting. Reveals still on their way (a colluder's
+                    // wrong answer, say) may prove a worker faulty or
+                    // re-open a unit; the time to completion stays the time
+                    // it was first seen.
+                    None => {
+                        done_at = Some(publish_started.elapsed());
+                        let _ = collector.client().sync_records(project_id).await;
+                        last_sync = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Some(at) => break (snap.manifest, snap.state, at),
+                },
+                _ => done_at = None,
             }
         }
         if Instant::now() >= deadline {
