@@ -20,7 +20,11 @@ async fn six_peers_with_a_colluding_pair_validate_sixty_units_correctly() {
         spot_checks: 0.1,
         units: 60,
         saboteurs: 2,
-        range: 50_000,
+        // Units of ~10 ms of CPU: with shorter ones the four honest peers
+        // finished all 60 before a colluder's first pick (each volunteer
+        // waits up to 0.5 s before its first), so it computed nothing and
+        // there was nothing to prove it faulty by.
+        range: 1_000_000,
         timeout: Duration::from_secs(150),
         results_dir: Some(out.clone()),
         ..DemoConfig::default()
