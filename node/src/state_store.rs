@@ -193,7 +193,6 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Stores records in one transaction (already-stored ones are no-ops).
     /// Applies journal entries in one transaction, in order.
     pub fn write_journal(&self, batch: &[JournalEntry]) -> Result<(), StateStoreError> {
         let txn = self.db.begin_write().map_err(write_err)?;
@@ -217,6 +216,7 @@ impl StateStore {
         txn.commit().map_err(write_err)
     }
 
+    /// Stores records in one transaction (already-stored ones are no-ops).
     pub fn put_records(&self, batch: &[(ProjectId, Vec<u8>)]) -> Result<(), StateStoreError> {
         let txn = self.db.begin_write().map_err(write_err)?;
         {

@@ -60,8 +60,10 @@ pub enum UnitError {
 
 impl UnitError {
     /// Whether the error comes from this host's state rather than from the
-    /// unit: such a unit is not failed, only not run yet. Every other error
-    /// is deterministic and would recur on any host.
+    /// unit: such a unit is not failed, only not run yet. The limits, traps
+    /// and exits recur on any host; `Timeout` (wall clock) and `Cancelled`
+    /// depend on the host too, but are the unit's own budget or the
+    /// volunteer's decision, and are treated as its failure.
     pub fn is_host_condition(&self) -> bool {
         matches!(self, UnitError::HostBusy { .. })
     }

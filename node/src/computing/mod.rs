@@ -574,10 +574,9 @@ impl Worker {
     async fn reread(&mut self, project: ProjectId) {
         // A project still loading catches up from the store when it is
         // loaded. One not followed matters only for its announcement.
-        if self.loading.contains(&project)
-            || (!self.projects.contains_key(&project)
-                && !self.wanted.contains(&project)
-                && !self.config.follow_all)
+        let followed = self.projects.contains_key(&project);
+        if (self.loading.contains(&project) && !followed)
+            || (!followed && !self.wanted.contains(&project) && !self.config.follow_all)
         {
             return;
         }

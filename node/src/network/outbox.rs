@@ -131,14 +131,6 @@ impl Outbox {
                 held: false,
             };
         }
-        if let Some(key) = record.supersedes_claim()
-            && let Some(claim) = p
-                .records
-                .iter_mut()
-                .find(|h| !h.silent && h.claim == Some(key))
-        {
-            claim.silent = true;
-        }
         let mut send = Vec::new();
         let size = bytes.len() + MAX_BATCH_PROOF_BYTES;
         let grown = p.bytes + size + GossipBundle::overhead(p.records.len() + 1);
@@ -146,6 +138,16 @@ impl Outbox {
             && (grown > MAX_GOSSIP_BYTES || p.records.len() >= MAX_BUNDLE_RECORDS)
         {
             send.extend(take(p, self.keypair.as_ref(), now));
+        }
+        // After any early send: a claim is left out only when its commit
+        // goes in the same bundle.
+        if let Some(key) = record.supersedes_claim()
+            && let Some(claim) = p
+                .records
+                .iter_mut()
+                .find(|h| !h.silent && h.claim == Some(key))
+        {
+            claim.silent = true;
         }
         p.bytes += size;
         p.records.push(Held {

@@ -76,7 +76,6 @@ impl RecordStore {
         self.journal = Some(journal);
     }
 
-    /// Whether these exact bytes are already stored for `project`.
     /// Whether these exact bytes are held under any project. Records are
     /// content-addressed, so bytes held here were verified on arrival and
     /// need no second signature check.
@@ -85,6 +84,7 @@ impl RecordStore {
         self.projects.values().any(|log| log.seen.contains_key(&id))
     }
 
+    /// Whether these exact bytes are already stored for `project`.
     pub fn contains(&self, project: &ProjectId, bytes: &[u8]) -> bool {
         self.projects
             .get(project)

@@ -176,7 +176,10 @@ fn open_records(config: &NodeConfig) -> Result<RecordStore, StartError> {
         let stored = state.records()?;
         let n = stored.len();
         for (project, bytes) in stored {
-            records.insert(project, bytes);
+            // Decoded for the record id only (no signature check): another
+            // envelope of a restored record is then a duplicate too.
+            let id = Gossip::from_bytes(&bytes).ok().map(|g| g.record_id());
+            records.insert_record(project, id, bytes);
         }
         tracing::info!(records = n, "records restored from the state store");
         records.set_journal(
@@ -1152,7 +1155,7 @@ impl Task {
     ///
     /// A bundle is checked record by record. One bad record rejects the
     /// whole message (it is not forwarded, and the forwarder is struck),
-    /// but the good records in it are kept: each stands on its own
+    /// but the good records before it are kept: each stands on its own
     /// signature, whoever relayed it.
     fn validate_gossip(
         &mut self,
@@ -1216,7 +1219,14 @@ impl Task {
         // bundle gossipsub's duplicate filter cannot help, so without this
         // a peer could make every node re-check a known record's signature
         // hundreds of times per message, for nothing but an Ignore.
-        if self.records.holds(&bytes) {
+        // Only under the topic's own project: a known record of another
+        // project on this topic is still the forwarder's fault, or this
+        // node would forward bundles its peers must refuse.
+        if self
+            .project_topics
+            .get(topic)
+            .is_some_and(|project| self.records.contains(project, &bytes))
+        {
             return Ok(false);
         }
         let gossip =
