@@ -55,6 +55,19 @@ async fn pair(event_queue: usize) -> anyhow::Result<Pair> {
     })
 }
 
+impl Pair {
+    /// Publishes commits for units 0..n from `a`, back to back.
+    async fn burst(&self, n: u64) -> anyhow::Result<()> {
+        for i in 0..n {
+            self.a
+                .client()
+                .publish(self.topic, commit(&self.key, self.project, i))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// Publishes probes from `a` until `b` hears one: the topic's mesh is up.
 async fn mesh_up(
     a: &RunningNode,
@@ -78,19 +91,17 @@ async fn mesh_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result<()> {
+    let pair = pair(1024).await?;
+    let n = 60u64;
+    pair.burst(n).await?;
+    // The rest of `pair` (its data dirs) lives to the end of the test.
     let Pair {
         a,
         b,
         mut events,
-        key,
         project: p,
-        topic,
-        _dirs,
-    } = pair(1024).await?;
-    let n = 60u64;
-    for i in 0..n {
-        a.client().publish(topic, commit(&key, p, i)).await?;
-    }
+        ..
+    } = pair;
     let mut seen = std::collections::BTreeSet::new();
     let mut batch_signed = 0;
     while seen.len() < n as usize {
@@ -150,19 +161,16 @@ async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_record_events_are_reported_and_the_records_kept() -> anyhow::Result<()> {
     // Room for a handful of events only.
+    let pair = pair(4).await?;
+    let n = 100u64;
+    pair.burst(n).await?;
     let Pair {
         a,
         b,
         mut events,
-        key,
         project: p,
-        topic,
-        _dirs,
-    } = pair(4).await?;
-    let n = 100u64;
-    for i in 0..n {
-        a.client().publish(topic, commit(&key, p, i)).await?;
-    }
+        ..
+    } = pair;
     // Not reading events meanwhile: most of them are dropped.
     wait_until(WAIT, "the second node stores the burst", || async {
         b.client().records(p).await.is_ok_and(|r| {
