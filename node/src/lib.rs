@@ -13,6 +13,7 @@ pub mod commands;
 pub mod compute_pool;
 pub mod computing;
 pub mod data_dir;
+mod deadline;
 pub mod demo;
 pub mod governor;
 pub mod identity;

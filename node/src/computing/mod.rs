@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::deadline::sleep_until_some;
 use crate::network::{NetworkClient, NetworkEvent, Topic};
 pub use sabotage::Sabotage;
 
@@ -418,14 +419,6 @@ async fn run(
         }
     }
     tracing::debug!("computing task stopped: the network's event channel closed");
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Worker {

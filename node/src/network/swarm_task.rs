@@ -37,6 +37,7 @@ use super::{
     RecordVia, SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, StartError, Topic, peers_file,
 };
 use crate::blob_store::{BlobStore, BlobStoreStats};
+use crate::deadline::sleep_until_some;
 
 /// How long `start` waits for the listeners to come up.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,14 +305,6 @@ pub(crate) async fn spawn(
     Ok((handle, peer_id, listen_addrs))
 }
 
-/// Sleeps until `at`, or for ever when there is nothing to wait for.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// `base` scaled by a random factor in [0.5, 1.5).
 fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.5 + rand::random::<f64>())
@@ -438,7 +431,9 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().blobs.send_response(channel, Ok(response));
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = sleep_until_some(self.outbox.next_due()) => self.send_due_bundles(),
+                _ = sleep_until_some(self.outbox.next_due().map(tokio::time::Instant::from_std)) => {
+                    self.send_due_bundles()
+                }
             }
         }
     }
@@ -1245,22 +1240,36 @@ impl Task {
                 project.short()
             ));
         }
+        let via = RecordVia::Gossip {
+            propagation_source: forwarder,
+        };
+        Ok(self.keep_record(forwarder, via, project, gossip, bytes))
+    }
+
+    /// Stores a checked record and, if it is new (in any envelope), reports
+    /// it to the node; whether it was new.
+    fn keep_record(
+        &mut self,
+        source: PeerId,
+        via: RecordVia,
+        project: ProjectId,
+        gossip: Gossip,
+        bytes: Vec<u8>,
+    ) -> bool {
         match self
             .records
             .insert_record(project, Some(gossip.record_id()), bytes)
         {
             Inserted::New => {
                 self.emit(NetworkEvent::Record {
-                    source: forwarder,
-                    via: RecordVia::Gossip {
-                        propagation_source: forwarder,
-                    },
+                    source,
+                    via,
                     project,
                     gossip,
                 });
-                Ok(true)
+                true
             }
-            Inserted::Duplicate | Inserted::Full => Ok(false),
+            Inserted::Duplicate | Inserted::Full => false,
         }
     }
 
@@ -1573,21 +1582,7 @@ impl Task {
                 record_project.short()
             ));
         }
-        match self
-            .records
-            .insert_record(project, Some(gossip.record_id()), bytes)
-        {
-            Inserted::New => {
-                self.emit(NetworkEvent::Record {
-                    source: peer,
-                    via: RecordVia::Sync { peer },
-                    project,
-                    gossip,
-                });
-                Ok(true)
-            }
-            Inserted::Duplicate | Inserted::Full => Ok(false),
-        }
+        Ok(self.keep_record(peer, RecordVia::Sync { peer }, project, gossip, bytes))
     }
 
     // ----- housekeeping -----
