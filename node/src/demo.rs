@@ -265,10 +265,10 @@ pub async fn run(
         // Poll the cheap progress; copy the state only once it looks done.
         if let Some(p) = collector.compute.progress(project_id) {
             progress("computing", p.validated, config.units);
-            let complete = p.units > 0 && p.validated == p.units;
-            let mut snap = match complete {
-                true => collector.compute.snapshot(project_id).await,
-                false => None,
+            let mut snap = if p.units > 0 && p.validated == p.units {
+                collector.compute.snapshot(project_id).await
+            } else {
+                None
             };
             let done = snap.as_mut().is_some_and(|s| s.state.is_complete());
             match snap.filter(|_| done) {

@@ -61,7 +61,8 @@ const MAX_TABLES: u32 = 4;
 /// cores (a node runs one unit per compute thread, by default one fewer
 /// than the cores), at least 16. Each slot reserves, but does not use,
 /// about 4 GiB of address space for its linear memory. A unit that finds
-/// every slot taken ends in [`UnitError::HostBusy`], which callers retry.
+/// every slot taken ends in [`UnitError::HostBusy`]: the host's condition,
+/// not the unit's failure.
 fn pool_slots() -> u32 {
     let cores = std::thread::available_parallelism().map_or(8, |n| n.get());
     u32::try_from(cores.saturating_mul(2)).map_or(256, |n| n.clamp(16, 256))

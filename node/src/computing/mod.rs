@@ -297,8 +297,8 @@ enum JobError {
     /// fail on every host, and is not retried.
     Unit(String),
     /// This host could not run it now (input not fetched, the sandbox or
-    /// the compute pool full, the thread lost): the unit is free to be
-    /// taken again.
+    /// the compute pool full, the thread lost): not counted as failed;
+    /// other workers take the unit once this node's claim lapses.
     Host(String),
 }
 
@@ -567,9 +567,9 @@ impl Worker {
     async fn reread(&mut self, project: ProjectId) {
         // A project still loading catches up from the store when it is
         // loaded. One not followed matters only for its announcement.
-        let followed = self.projects.contains_key(&project);
-        if (self.loading.contains(&project) && !followed)
-            || (!followed && !self.wanted.contains(&project) && !self.config.follow_all)
+        if !self.projects.contains_key(&project)
+            && (self.loading.contains(&project)
+                || (!self.wanted.contains(&project) && !self.config.follow_all))
         {
             return;
         }
