@@ -78,6 +78,9 @@ impl Session {
         let mut node = network::start(config).await?;
         let sandbox = computing::LazySandbox::new(SandboxConfig {
             cache_dir: Some(cache_dir),
+            // One unit per compute slot, so `--threads` beyond the pool's
+            // default never meets a full pool.
+            concurrent_units: u32::try_from(role.slots).unwrap_or(u32::MAX),
         });
         let events = node
             .take_events()

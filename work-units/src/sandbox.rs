@@ -59,14 +59,21 @@ const MAX_TABLES: u32 = 4;
 
 /// Units one sandbox can run at once: slots of the instance pool, twice the
 /// cores (a node runs one unit per compute thread, by default one fewer
-/// than the cores), at least 16. Each slot reserves, but does not use,
-/// about 4 GiB of address space for its linear memory. A unit that finds
-/// every slot taken ends in [`UnitError::HostBusy`]: the host's condition,
-/// not the unit's failure.
-fn pool_slots() -> u32 {
+/// than the cores), at least 16, and at least the units its user says it
+/// will run at once (`SandboxConfig::concurrent_units`, e.g. a node's
+/// `--threads`), up to [`MAX_POOL_SLOTS`]. Each slot reserves, but does not
+/// use, about 4 GiB of address space for its linear memory. A unit that
+/// finds every slot taken ends in [`UnitError::HostBusy`]: the host's
+/// condition, not the unit's failure.
+fn pool_slots(concurrent_units: u32) -> u32 {
     let cores = std::thread::available_parallelism().map_or(8, |n| n.get());
-    u32::try_from(cores.saturating_mul(2)).map_or(256, |n| n.clamp(16, 256))
+    let by_cores = u32::try_from(cores.saturating_mul(2)).map_or(256, |n| n.clamp(16, 256));
+    by_cores.max(concurrent_units).min(MAX_POOL_SLOTS)
 }
+
+/// Most pool slots (4 TiB of reserved address space, a quarter of what
+/// x86-64's user space has room for).
+const MAX_POOL_SLOTS: u32 = 1024;
 
 const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
@@ -75,6 +82,11 @@ const WASI_MODULE: &str = "wasi_snapshot_preview1";
 pub struct SandboxConfig {
     /// Where compiled modules are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Units the caller will run at once, at most; 0 for the default (twice
+    /// the cores). Runs beyond the instance pool's slots fail with
+    /// [`UnitError::HostBusy`], so a caller that runs more than that at
+    /// once says so here.
+    pub concurrent_units: u32,
 }
 
 /// Engine switches for measurements only (the benchmark compares the cost
@@ -162,9 +174,10 @@ pub struct Sandbox {
     allowed_imports: HashSet<String>,
     cache: Option<ModuleCache>,
     tuning: EngineTuning,
+    pooled: bool,
 }
 
-fn engine_config(tuning: EngineTuning, pooled: bool) -> Config {
+fn engine_config(tuning: EngineTuning, pool_slots_wanted: Option<u32>) -> Config {
     let mut config = Config::new();
     config
         .strategy(Strategy::Cranelift)
@@ -196,10 +209,9 @@ fn engine_config(tuning: EngineTuning, pooled: bool) -> Config {
     // set at or above the store limiter's, so the limiter (whose errors
     // name the limit) is what a unit meets first; only the 4 GiB memory
     // cap, wasm32's own, is the pool's.
-    if !pooled {
+    let Some(slots) = pool_slots_wanted else {
         return config;
-    }
-    let slots = pool_slots();
+    };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(slots)
         .total_memories(slots)
@@ -274,14 +286,19 @@ impl Sandbox {
         // The pool reserves its address space up front, which a host with
         // a small address space (`ulimit -v`, 39-bit arm64 kernels) may
         // refuse; units then get fresh mappings, as before the pool.
-        let engine = Engine::new(&engine_config(tuning, true))
-            .or_else(|e| {
-                tracing::warn!(error = %e, "cannot reserve the sandbox's instance pool; mapping each unit's memory on its own");
-                Engine::new(&engine_config(tuning, false))
-            })
-            .map_err(|e| SandboxError::Engine {
-                reason: e.to_string(),
-            })?;
+        let slots = pool_slots(config.concurrent_units);
+        let (engine, pooled) = match Engine::new(&engine_config(tuning, Some(slots))) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(error = %e, slots, "cannot reserve the sandbox's instance pool; mapping each unit's memory on its own");
+                let engine = Engine::new(&engine_config(tuning, None)).map_err(|e| {
+                    SandboxError::Engine {
+                        reason: e.to_string(),
+                    }
+                })?;
+                (engine, false)
+            }
+        };
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine {
             reason: e.to_string(),
@@ -302,7 +319,14 @@ impl Sandbox {
             allowed_imports,
             cache,
             tuning,
+            pooled,
         })
+    }
+
+    /// Whether units run in the instance pool (false where the host refused
+    /// its address space and each unit maps its own memory).
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
     }
 
     /// Compiles an app (wasm binary, or WAT text when the bytes do not start

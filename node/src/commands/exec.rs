@@ -104,7 +104,10 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let sandbox = Sandbox::new(SandboxConfig { cache_dir })?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir,
+        ..SandboxConfig::default()
+    })?;
     let app = match sandbox.compile(&app_bytes) {
         Ok(app) => app,
         Err(e) => {

@@ -82,6 +82,7 @@ pub fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
     // Refuse an app that would fail on every volunteer.
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(data_dir.join("wasm-cache")),
+        ..SandboxConfig::default()
     })
     .context("starting the sandbox")?;
     sandbox

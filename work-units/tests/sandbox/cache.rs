@@ -5,6 +5,7 @@ use formic_work_units::{Sandbox, SandboxConfig, SandboxLimits, apps};
 fn cached_sandbox(dir: &std::path::Path) -> Sandbox {
     Sandbox::new(SandboxConfig {
         cache_dir: Some(dir.to_path_buf()),
+        ..SandboxConfig::default()
     })
     .expect("sandbox")
 }

@@ -7,6 +7,7 @@ mod apps;
 mod cache;
 mod control;
 mod hostile;
+mod pool;
 
 use formic_work_units::{App, Sandbox, SandboxConfig, SandboxLimits, UnitError, UnitOutcome};
 
