@@ -7,6 +7,7 @@
 //! fetching blobs, compiling the app, running a unit — happens in spawned
 //! tasks that report back, so the loop never blocks on I/O or compute.
 
+mod host_retry;
 pub mod sabotage;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::deadline::sleep_until_some;
 use crate::network::{NetworkClient, NetworkEvent, Topic};
+use host_retry::HostRetries;
 pub use sabotage::Sabotage;
 
 /// Records buffered for a project whose manifest is still being fetched.
@@ -227,6 +229,8 @@ struct Followed {
     resync_after: Duration,
     last_resync: Option<(tokio::time::Instant, u64)>,
     resync_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Units this host could not run: busy until their wait is over.
+    host_retry: HostRetries,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -411,6 +415,7 @@ async fn run(
             () = sleep_until_some(w.next_opening()) => w.schedule().await,
             _ = tick.tick() => {
                 w.retry_loads();
+                w.release_host_retries();
                 w.schedule().await;
                 w.open_commits().await;
                 w.resync_stalled();
@@ -649,6 +654,19 @@ impl Worker {
     }
 
     /// Starts again every failed load whose wait is over.
+    /// Frees the units whose host-error wait is over, for `schedule` to
+    /// pick again (their wait stays on record, to double if they fail
+    /// again).
+    fn release_host_retries(&mut self) {
+        let now = tokio::time::Instant::now();
+        for f in self.projects.values_mut() {
+            for unit in f.host_retry.release_due(now) {
+                f.busy.remove(&unit);
+                tracing::debug!(unit, "trying a unit again after a host error");
+            }
+        }
+    }
+
     fn retry_loads(&mut self) {
         let now = tokio::time::Instant::now();
         let due: Vec<ProjectId> = self
@@ -745,6 +763,7 @@ impl Worker {
                     resync_after: HELD_RESYNC_FIRST,
                     last_resync: None,
                     resync_running: Arc::default(),
+                    host_retry: HostRetries::default(),
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -944,17 +963,18 @@ impl Worker {
                 // Units are deterministic: a failing unit fails everywhere,
                 // so it stays marked busy here instead of being retried.
                 self.failed += 1;
+                f.host_retry.ran(done.unit.index);
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e, "unit failed");
                 return;
             }
             Err(JobError::Host(e)) => {
-                // Not the unit's fault, so not counted as failed: another
-                // worker takes it once this node's claim lapses. It stays
-                // busy here, or a hidden audit (which leaves no claim to
-                // keep it from this node) could be picked again at once,
-                // in a loop for as long as the host's trouble lasts.
+                // Not the unit's fault, so not counted as failed; it stays
+                // busy here until its wait is over (see host_retry.rs).
+                let wait = f
+                    .host_retry
+                    .failed(done.unit.index, tokio::time::Instant::now());
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e,
-                    "unit not run on this host; it stays open");
+                    retry_in_s = wait.as_secs(), "unit not run on this host; it stays open");
                 return;
             }
         };
@@ -965,6 +985,7 @@ impl Worker {
             }
         }
         f.busy.remove(&done.unit.index);
+        f.host_retry.ran(done.unit.index);
         tracing::debug!(project = %done.project.short(), unit = done.unit.index, fuel, "unit computed");
         self.computed += 1;
         f.computed_here += 1;

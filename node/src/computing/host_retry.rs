@@ -1,0 +1,97 @@
+//! Units this host could not run (a full sandbox pool, an input it could not
+//! fetch, a lost thread), and when to try each again.
+//!
+//! Such a failure is the host's, not the unit's, so it is not counted as a
+//! failed unit, and another worker takes the unit once this node's claim
+//! lapses. But this node must not give up on it either: with a single
+//! worker, or a trouble that passes, the unit would never be done. Nor may
+//! it retry at once: a hidden audit leaves no claim to keep it from being
+//! picked again, in a loop for as long as the trouble lasts. So each unit
+//! waits, doubling from [`HOST_RETRY_FIRST`] to [`HOST_RETRY_MAX`] with each
+//! failure in a row, and is released once, for `schedule` to pick again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub const HOST_RETRY_FIRST: Duration = Duration::from_secs(5);
+pub const HOST_RETRY_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+pub struct HostRetries {
+    /// By unit index: when it is released (None once it has been), and the
+    /// wait that led there.
+    units: HashMap<u64, (Option<Instant>, Duration)>,
+}
+
+impl HostRetries {
+    /// The unit failed on this host at `now`: returns how long it waits.
+    pub fn failed(&mut self, unit: u64, now: Instant) -> Duration {
+        let wait = self
+            .units
+            .get(&unit)
+            .map_or(HOST_RETRY_FIRST, |(_, w)| (*w * 2).min(HOST_RETRY_MAX));
+        self.units.insert(unit, (Some(now + wait), wait));
+        wait
+    }
+
+    /// The unit ran (whatever its result): its next host failure starts the
+    /// waits over.
+    pub fn ran(&mut self, unit: u64) {
+        self.units.remove(&unit);
+    }
+
+    /// The units whose wait is over at `now`, each returned once: a unit
+    /// picked again is busy because it runs, and must stay so.
+    pub fn release_due(&mut self, now: Instant) -> Vec<u64> {
+        let mut due = Vec::new();
+        for (unit, (at, _)) in &mut self.units {
+            if at.is_some_and(|t| t <= now) {
+                *at = None;
+                due.push(*unit);
+            }
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_is_released_once_after_a_wait_that_doubles_up_to_the_cap() {
+        let mut r = HostRetries::default();
+        let t0 = Instant::now();
+        assert_eq!(r.failed(7, t0), HOST_RETRY_FIRST);
+        assert!(r.release_due(t0).is_empty(), "not before its wait");
+        let t1 = t0 + HOST_RETRY_FIRST;
+        assert_eq!(r.release_due(t1), vec![7]);
+        assert!(
+            r.release_due(t1 + HOST_RETRY_MAX).is_empty(),
+            "released once"
+        );
+        assert_eq!(r.failed(7, t1), HOST_RETRY_FIRST * 2, "doubles");
+        let mut wait = HOST_RETRY_FIRST * 2;
+        for _ in 0..10 {
+            wait = r.failed(7, t1);
+        }
+        assert_eq!(wait, HOST_RETRY_MAX, "capped");
+        r.ran(7);
+        assert_eq!(r.failed(7, t1), HOST_RETRY_FIRST, "a run starts over");
+    }
+
+    #[test]
+    fn units_wait_independently() {
+        let mut r = HostRetries::default();
+        let t0 = Instant::now();
+        r.failed(1, t0);
+        r.failed(1, t0 + HOST_RETRY_FIRST); // second failure: waits 10 s
+        r.failed(2, t0 + HOST_RETRY_FIRST); // first: waits 5 s
+        let mut due = r.release_due(t0 + HOST_RETRY_FIRST * 2);
+        due.sort_unstable();
+        assert_eq!(due, vec![2]);
+        assert_eq!(r.release_due(t0 + HOST_RETRY_FIRST * 3), vec![1]);
+    }
+}
