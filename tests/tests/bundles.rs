@@ -1,7 +1,8 @@
 //! Gossip bundles over real sockets: a burst of a node's own records leaves
 //! as bundles signed as one batch and arrives whole, each record once and
 //! each verifiable alone; and a node that reads its events too slowly is
-//! told which project's records it missed, and finds them in the store.
+//! told which project's records it missed, and finds them in the store;
+//! and a node that stops while it holds records sends them first.
 
 use std::time::Duration;
 
@@ -154,6 +155,34 @@ async fn a_burst_of_records_arrives_bundled_and_batch_signed() -> anyhow::Result
         "the sender kept {sender_batched} batch forms"
     );
     a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_mid_window_sends_what_it_held() -> anyhow::Result<()> {
+    let pair = pair(1024).await?;
+    let n = 20u64;
+    // All but the first wait in the outbox for the topic's window, and the
+    // node stops inside it: the stop must send them, since nobody can sync
+    // them from a stopped node.
+    pair.burst(n).await?;
+    let Pair {
+        a, b, mut events, ..
+    } = pair;
+    a.shutdown().await?;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < n as usize {
+        let index = wait_event(&mut events, WAIT, "the held records", |ev| match ev {
+            NetworkEvent::Record {
+                gossip: Gossip::Commit(c),
+                ..
+            } => c.verify().ok().map(|c| c.unit.index).filter(|i| *i < n),
+            _ => None,
+        })
+        .await?;
+        seen.insert(index);
+    }
     b.shutdown().await?;
     Ok(())
 }

@@ -187,6 +187,11 @@ impl Outbox {
         out
     }
 
+    /// Every message still held, due or not (at shutdown).
+    pub(crate) fn take_all(&mut self, now: Instant) -> Vec<(TopicHash, Outgoing)> {
+        self.take_due(now + self.window)
+    }
+
     /// Records waiting, over all topics.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -45,6 +45,10 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Housekeeping period: publish retries, pruning, peers file.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a stopping node keeps its connections to let the gossip it still
+/// held leave (only when it held some).
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
+
 /// Connection pruning runs every this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 5;
 
@@ -415,6 +419,7 @@ impl Task {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
+                        self.flush_outbox().await;
                         self.save_peers();
                         tracing::info!("network stopped");
                         let _ = reply.send(());
@@ -423,6 +428,7 @@ impl Task {
                     Some(command) => self.on_command(command),
                     // Every client is gone: nobody can use the network.
                     None => {
+                        self.flush_outbox().await;
                         self.save_peers();
                         return;
                     }
@@ -666,6 +672,29 @@ impl Task {
         } else {
             outcome
         }
+    }
+
+    /// At shutdown: sends what the outbox still holds, then drives the
+    /// swarm for at most [`SHUTDOWN_FLUSH`] so that the messages leave.
+    /// Without it the records published in the last window before a stop
+    /// would reach peers only by their next sync.
+    async fn flush_outbox(&mut self) {
+        let held = self.outbox.take_all(Instant::now());
+        if held.is_empty() {
+            return;
+        }
+        for (topic, out) in held {
+            if let Err(e) = self.send_outgoing(topic, out) {
+                tracing::debug!(error = %e, "gossip bundle not sent at shutdown");
+            }
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+            loop {
+                let event = self.swarm.select_next_some().await;
+                self.on_swarm_event(event);
+            }
+        })
+        .await;
     }
 
     /// Sends the bundles whose window has closed.
