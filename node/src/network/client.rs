@@ -123,6 +123,10 @@ pub struct SyncReport {
     pub peers_synced: usize,
     /// Records that were new to this node.
     pub new_records: usize,
+    /// Records the peers sent, known ones included. Each sync with a peer
+    /// starts where the last one with it ended, so this counts only what
+    /// the peers added since.
+    pub records_received: usize,
     /// Peers whose sync failed, with why.
     pub failures: Vec<(PeerId, String)>,
 }

@@ -106,6 +106,8 @@ struct SyncJob {
     project: ProjectId,
     op: Option<u64>,
     pages: u32,
+    /// Where the page in flight starts in the peer's record log.
+    cursor: u64,
 }
 
 struct SyncOp {
@@ -163,6 +165,15 @@ struct Task {
     sync_ops: HashMap<u64, SyncOp>,
     next_sync_op: u64,
     synced_with: HashSet<(PeerId, ProjectId)>,
+    /// How far into each connected peer's record log of a project this node
+    /// has synced: the next sync with it starts there. A peer's log only
+    /// grows (a record's batch form replaces it in place), so the records
+    /// before that position are already held here; the position is
+    /// forgotten when the peer disconnects, since a restarted peer rebuilds
+    /// its log in another order. Without it every sync pulled the whole
+    /// project again: the demo's researcher, syncing every 2 s, spent a
+    /// growing share of the run re-reading thousands of known records.
+    sync_from: HashMap<(PeerId, ProjectId), u64>,
     strikes: HashMap<PeerId, u32>,
     blocked: HashSet<PeerId>,
     last_activity: HashMap<PeerId, Instant>,
@@ -291,6 +302,7 @@ pub(crate) async fn spawn(
         sync_ops: HashMap::new(),
         next_sync_op: 0,
         synced_with: HashSet::new(),
+        sync_from: HashMap::new(),
         strikes: HashMap::new(),
         blocked: HashSet::new(),
         last_activity: HashMap::new(),
@@ -887,6 +899,7 @@ impl Task {
             } => {
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.synced_with.retain(|(p, _)| *p != peer_id);
+                self.sync_from.retain(|(p, _), _| *p != peer_id);
                 self.connected_since.remove(&peer_id);
                 self.emit(NetworkEvent::PeerDisconnected(peer_id));
             }
@@ -1389,19 +1402,27 @@ impl Task {
 
     fn auto_sync(&mut self, peer: PeerId, project: ProjectId) {
         if self.synced_with.insert((peer, project)) {
-            self.send_sync(
-                SyncJob {
-                    peer,
-                    project,
-                    op: None,
-                    pages: 0,
-                },
-                0,
-            );
+            self.start_sync_job(peer, project, None);
         }
     }
 
-    fn send_sync(&mut self, job: SyncJob, cursor: u64) {
+    /// Syncs `project` from `peer`, from where the last sync with it ended.
+    fn start_sync_job(&mut self, peer: PeerId, project: ProjectId, op: Option<u64>) {
+        let cursor = self.sync_from.get(&(peer, project)).copied().unwrap_or(0);
+        self.send_sync(
+            SyncJob {
+                peer,
+                project,
+                op,
+                pages: 0,
+                cursor,
+            },
+            cursor,
+        );
+    }
+
+    fn send_sync(&mut self, mut job: SyncJob, cursor: u64) {
+        job.cursor = cursor;
         let req = SyncRequest {
             project: job.project,
             cursor,
@@ -1442,15 +1463,7 @@ impl Task {
             },
         );
         for peer in peers {
-            self.send_sync(
-                SyncJob {
-                    peer,
-                    project,
-                    op: Some(op),
-                    pages: 0,
-                },
-                0,
-            );
+            self.start_sync_job(peer, project, Some(op));
         }
     }
 
@@ -1531,6 +1544,9 @@ impl Task {
                 match response {
                     Ok(SyncResponse::Page { records, next }) => {
                         let mut new = 0;
+                        // Pages are contiguous runs of the peer's log.
+                        let end = job.cursor.saturating_add(records.len() as u64);
+                        let received = records.len();
                         for RecordBytes(bytes) in records {
                             match self.accept_synced(peer, job.project, bytes) {
                                 Ok(true) => new += 1,
@@ -1544,11 +1560,16 @@ impl Task {
                         }
                         if let Some(op) = job.op.and_then(|op| self.sync_ops.get_mut(&op)) {
                             op.report.new_records += new;
+                            op.report.records_received += received;
                         }
                         if new > 0 {
                             tracing::debug!(%peer, project = %job.project.short(), new, "synced records");
                         }
                         job.pages += 1;
+                        // Everything before here is held now.
+                        let held_to = next.unwrap_or(end);
+                        let from = self.sync_from.entry((job.peer, job.project)).or_insert(0);
+                        *from = (*from).max(held_to);
                         match next {
                             Some(cursor) if job.pages < MAX_SYNC_PAGES => {
                                 self.send_sync(job, cursor)
