@@ -13,7 +13,7 @@ use libp2p::identity::Keypair;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A test node that sends each record at once, alone. Bundling holds a
-/// record published within 10 ms of the previous one, and this test runs
+/// record published within 25 ms of the previous one, and this test runs
 /// fast enough that a held record could leave after the stopped node is
 /// back, arriving by gossip instead of the pull-sync the test is about.
 async fn start_unbundled(

@@ -127,8 +127,15 @@ pub struct NetworkLimits {
 
 /// How long a busy topic gathers records into one gossip message. Long
 /// enough to bundle dozens of records at the protocol's ceiling, short
-/// against a unit's life (claim, commit and reveal each wait at most this).
-pub const DEFAULT_BUNDLE_WINDOW: Duration = Duration::from_millis(10);
+/// against a unit's life (claim, commit and reveal each wait at most this,
+/// and only when this node published on the topic within the window: a
+/// node doing units of a second or more sends every record at once).
+/// Measured on 2 cores with trivial units (builds run alternately): 10 ms
+/// gave 866–932 validated/s at 1,000 units and 796 at 4,000; 25 ms
+/// 893–1,178 and 963–1,020; 50 ms 798–1,180 and 1,053–1,102. Fewer, larger
+/// bundles mean fewer messages, frames and batch signatures; past 25 ms the
+/// last records of a run wait longer, which shorter runs feel.
+pub const DEFAULT_BUNDLE_WINDOW: Duration = Duration::from_millis(25);
 
 impl Default for NetworkLimits {
     fn default() -> Self {
