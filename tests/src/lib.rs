@@ -40,6 +40,15 @@ pub async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> anyhow::Result
         .context("starting a test node")
 }
 
+/// Starts a test node in `dir` with no bootstrap peer whose network identity
+/// is `key`, so the test can sign records as that node's own (its outbox
+/// bundles and batch-signs only those).
+pub async fn start_node_with_key(dir: &Path, key: &Keypair) -> anyhow::Result<RunningNode> {
+    let mut config = test_config(dir, vec![]);
+    config.keypair = Some(key.clone());
+    network::start(config).await.context("starting a test node")
+}
+
 /// Polls `check` every 50 ms until it returns true, for at most `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
 where

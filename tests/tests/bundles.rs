@@ -30,9 +30,7 @@ async fn pair(event_queue: usize) -> anyhow::Result<Pair> {
     init_tracing();
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let key = Keypair::generate_ed25519();
-    let mut config = test_config(dirs[0].path(), vec![]);
-    config.keypair = Some(key.clone());
-    let a = formic_node::network::start(config).await?;
+    let a = start_node_with_key(dirs[0].path(), &key).await?;
     let mut config = test_config(dirs[1].path(), a.dial_addrs());
     config.limits.event_queue = event_queue;
     let mut b = formic_node::network::start(config).await?;

@@ -15,9 +15,7 @@ async fn a_second_sync_pulls_only_the_records_added_since() -> anyhow::Result<()
     init_tracing();
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let key = Keypair::generate_ed25519();
-    let mut config = test_config(dirs[0].path(), vec![]);
-    config.keypair = Some(key.clone());
-    let a = formic_node::network::start(config).await?;
+    let a = start_node_with_key(dirs[0].path(), &key).await?;
     let p = project("incremental-sync");
     let topic = formic_node::network::Topic::Project(p);
     a.client().subscribe(topic).await?;
