@@ -462,6 +462,19 @@ impl ProjectState {
         }
     }
 
+    /// Whether unit `index` is validated with an output to collect (a spot
+    /// check validated by its known answer alone still wants a replica).
+    pub fn is_settled(&mut self, index: u64) -> bool {
+        let unit = UnitRef {
+            project: self.id,
+            index,
+        };
+        matches!(
+            self.outcome().verdicts.get(&unit),
+            Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
+        )
+    }
+
     /// Whether every unit received so far is validated with an output to
     /// collect (a spot check validated by its known answer alone has none
     /// until an agreeing worker reveals it).

@@ -290,6 +290,8 @@ struct JobDone {
     project: ProjectId,
     unit: UnitRef,
     result: Result<(Vec<u8>, u64), JobError>,
+    /// Whether it ran as a hidden audit (no claim of this node's shows it).
+    audit: bool,
     /// CPU time the run took on its thread (None where unknown or where
     /// it never ran).
     cpu: Option<Duration>,
@@ -415,7 +417,7 @@ async fn run(
             () = sleep_until_some(w.next_opening()) => w.schedule().await,
             _ = tick.tick() => {
                 w.retry_loads();
-                w.release_host_retries();
+                w.release_host_retries().await;
                 w.schedule().await;
                 w.open_commits().await;
                 w.resync_stalled();
@@ -653,20 +655,65 @@ impl Worker {
         });
     }
 
-    /// Starts again every failed load whose wait is over.
-    /// Frees the units whose host-error wait is over, for `schedule` to
-    /// pick again (their wait stays on record, to double if they fail
-    /// again).
-    fn release_host_retries(&mut self) {
+    /// Frees the units whose host-error wait is over (their wait stays on
+    /// record, to double if they fail again). A hidden audit goes back to
+    /// `schedule`'s pick. A claimed unit never would: `next_work` does not
+    /// offer a unit this node is involved in. So it is queued to run again
+    /// here, under a renewed claim if its lease ran out meanwhile, unless
+    /// others have settled it.
+    async fn release_host_retries(&mut self) {
         let now = tokio::time::Instant::now();
-        for f in self.projects.values_mut() {
-            for unit in f.host_retry.release_due(now) {
-                f.busy.remove(&unit);
-                tracing::debug!(unit, "trying a unit again after a host error");
+        let now_ms = now_ms();
+        let ids: Vec<ProjectId> = self.projects.keys().copied().collect();
+        for id in ids {
+            let Some(f) = self.projects.get_mut(&id) else {
+                continue;
+            };
+            let mut renewed = Vec::new();
+            for r in f.host_retry.release_due(now) {
+                f.busy.remove(&r.unit);
+                tracing::debug!(
+                    unit = r.unit,
+                    audit = r.audit,
+                    "trying a unit again after a host error"
+                );
+                if r.audit || f.state.is_settled(r.unit) {
+                    continue;
+                }
+                let Some(order) = f.state.work_order(r.unit, false) else {
+                    continue;
+                };
+                if !f.state.is_unfinished_by(&self.me, r.unit, now_ms) {
+                    // The lease ran out and nothing was committed: claim
+                    // it again (a later lease supersedes the old claim).
+                    match f.state.claim(&self.config.keypair, &order, now_ms) {
+                        Ok(Some(claim)) => {
+                            let g = Gossip::Claim(claim);
+                            let _ = f.state.apply(&g);
+                            renewed.push(g);
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot sign a claim");
+                            continue;
+                        }
+                    }
+                }
+                if !f.resume.iter().any(|o| o.unit == order.unit) {
+                    f.resume.push(order);
+                }
+            }
+            let state = &mut f.state;
+            f.host_retry.forget_settled(|u| state.is_settled(u));
+            for g in renewed {
+                if let Err(e) = self.client.publish(Topic::Project(id), g).await {
+                    tracing::debug!(error = %e, "claim not published");
+                }
             }
         }
     }
 
+    /// Starts again every failed load whose wait is over.
     fn retry_loads(&mut self) {
         let now = tokio::time::Instant::now();
         let due: Vec<ProjectId> = self
@@ -870,6 +917,7 @@ impl Worker {
         let tx = self.jobs_tx.clone();
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
+        let audit = order.audit;
         let pool = self.config.pool.clone();
         let governed = self.config.governed.clone();
         tokio::spawn(async move {
@@ -944,6 +992,7 @@ impl Worker {
                     project,
                     unit,
                     result,
+                    audit,
                     cpu,
                 })
                 .await;
@@ -970,9 +1019,9 @@ impl Worker {
             Err(JobError::Host(e)) => {
                 // Not the unit's fault, so not counted as failed; it stays
                 // busy here until its wait is over (see host_retry.rs).
-                let wait = f
-                    .host_retry
-                    .failed(done.unit.index, tokio::time::Instant::now());
+                let wait =
+                    f.host_retry
+                        .failed(done.unit.index, done.audit, tokio::time::Instant::now());
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e,
                     retry_in_s = wait.as_secs(), "unit not run on this host; it stays open");
                 return;
