@@ -692,7 +692,8 @@ impl Task {
     /// would reach peers only by their next sync.
     async fn flush_outbox(&mut self) {
         let held = self.outbox.take_all(Instant::now());
-        if held.is_empty() {
+        // With nobody connected the sends only queue; waiting is pointless.
+        if held.is_empty() || self.swarm.connected_peers().next().is_none() {
             return;
         }
         for (topic, out) in held {
@@ -846,6 +847,11 @@ impl Task {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                // The peer may have restarted while an old connection to it
+                // lingered (QUIC, a half-open TCP connection), so the close
+                // that would forget its log position never came: a new
+                // connection starts the next sync with it from the top.
+                self.sync_from.retain(|(p, _), _| *p != peer_id);
                 // A new connection is not activity: Kademlia re-dials peers we
                 // pruned, and counting that would keep every one of them.
                 self.last_activity
