@@ -310,8 +310,12 @@ pub async fn run(
         if first_validated.is_none() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         } else {
-            let _ =
+            let changed =
                 tokio::time::timeout(Duration::from_millis(250), collector_status.changed()).await;
+            // Its computing layer stopped: poll, don't spin.
+            if let Ok(Err(_)) = changed {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     };
     let mut state = state;
