@@ -27,6 +27,8 @@ pub struct Role {
     pub governed: Option<crate::governor::UnitSet>,
     /// The idle governor's decisions, for the control API's status.
     pub governor: Option<tokio::sync::watch::Receiver<crate::governor::GovernorSnapshot>>,
+    /// Fault injection for tests (`ComputeConfig::host_faults`).
+    pub host_faults: u32,
 }
 
 impl Role {
@@ -107,6 +109,7 @@ impl Session {
                 tick: Duration::from_millis(100),
                 pool,
                 governed: role.governed.clone(),
+                host_faults: role.host_faults,
             },
         );
         // The control API (started with the network) reports these too.

@@ -3,6 +3,8 @@
 //! loopback; the first test sets the governor's decision directly on its
 //! unit set, the second runs a real governor on fake sources and reads
 //! everything back through the node's control API, as `formic status` does.
+//! A third checks that a lone worker runs again the units its host could
+//! not run (injected host errors), rather than leaving them open for good.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,53 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = owner_node.shutdown().await;
+    let _ = volunteer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_worker_runs_again_the_units_its_host_could_not_run() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Its first two runs end in a host error (as a full sandbox pool or an
+    // input it cannot fetch would): the units are claimed, so only this
+    // node can take them while its claims hold, and it must not give up.
+    let volunteer_role = Role {
+        host_faults: 2,
+        ..Role::volunteer(1)
+    };
+    let volunteer = Session::start(NodeConfig::local(root.path().join("v")), volunteer_role)
+        .await
+        .expect("volunteer starts");
+    let owner_node = start_owner(root.path(), &volunteer).await;
+    let inputs: Vec<Vec<u8>> = (0..3u64)
+        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
+        .collect();
+    let opts = PublishOptions {
+        quorum: 1,
+        max_replicas: 2,
+        ..PublishOptions::default()
+    };
+    publish_primes(&owner_node, &inputs, &opts, [5; 32]).await;
+
+    // The retries wait 5 s: every unit is validated well within a minute.
+    let status = volunteer.compute.status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status
+        .borrow()
+        .projects
+        .iter()
+        .any(|p| p.units == 3 && p.validated == 3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "units hit by host errors were never run again: {:?}",
+            status.borrow().projects
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = status.borrow().clone();
+    assert_eq!(s.computed, 3, "each unit ran once to completion");
+    assert_eq!(s.failed, 0, "a host error is not the unit's failure");
     let _ = owner_node.shutdown().await;
     let _ = volunteer.shutdown().await;
 }

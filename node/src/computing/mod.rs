@@ -61,6 +61,10 @@ pub struct ComputeConfig {
     /// control so the governor can pause it in place, and no new unit starts
     /// while the governor says suspended. None: always run.
     pub governed: Option<crate::governor::UnitSet>,
+    /// Fault injection for tests: the first this many unit runs end in a
+    /// host error without running, as a full sandbox pool or an input that
+    /// cannot be fetched would. 0 in production.
+    pub host_faults: u32,
 }
 
 impl std::fmt::Debug for ComputeConfig {
@@ -346,6 +350,8 @@ struct Worker {
     failed: u64,
     /// CPU time of every unit run here since start.
     cpu: Duration,
+    /// Injected host faults still to come (`ComputeConfig::host_faults`).
+    host_faults_left: std::cell::Cell<u32>,
 }
 
 async fn run(
@@ -388,7 +394,9 @@ async fn run(
         computed: 0,
         failed: 0,
         cpu: Duration::ZERO,
+        host_faults_left: std::cell::Cell::new(0),
     };
+    w.host_faults_left.set(w.config.host_faults);
     w.restore().await;
     loop {
         tokio::select! {
@@ -918,11 +926,18 @@ impl Worker {
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
         let audit = order.audit;
+        let injected_fault = self.host_faults_left.get() > 0;
+        if injected_fault {
+            self.host_faults_left.set(self.host_faults_left.get() - 1);
+        }
         let pool = self.config.pool.clone();
         let governed = self.config.governed.clone();
         tokio::spawn(async move {
             let unit = order.unit;
             let result = async {
+                if injected_fault {
+                    return (Err(JobError::Host("injected host fault".to_owned())), None);
+                }
                 if skip {
                     return (Ok((Vec::new(), 0)), None);
                 }
