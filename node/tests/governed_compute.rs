@@ -29,20 +29,8 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
         idle_priority: true,
         ..Role::volunteer(1)
     };
-    let volunteer = Session::start(NodeConfig::local(root.path().join("v")), volunteer_role)
-        .await
-        .expect("volunteer starts");
-    let owner_node = start_owner(root.path(), &volunteer).await;
-
-    let inputs: Vec<Vec<u8>> = (0..4u64)
-        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
-        .collect();
-    let opts = PublishOptions {
-        quorum: 1,
-        max_replicas: 2,
-        ..PublishOptions::default()
-    };
-    publish_primes(&owner_node, &inputs, &opts, [9; 32]).await;
+    let (volunteer, owner_node) =
+        lone_volunteer_with_project(root.path(), volunteer_role, 4, [9; 32]).await;
 
     // The volunteer follows the project but computes nothing while suspended.
     let status = volunteer.compute.status();
@@ -86,19 +74,8 @@ async fn a_lone_worker_runs_again_the_units_its_host_could_not_run() {
         host_faults: 2,
         ..Role::volunteer(1)
     };
-    let volunteer = Session::start(NodeConfig::local(root.path().join("v")), volunteer_role)
-        .await
-        .expect("volunteer starts");
-    let owner_node = start_owner(root.path(), &volunteer).await;
-    let inputs: Vec<Vec<u8>> = (0..3u64)
-        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
-        .collect();
-    let opts = PublishOptions {
-        quorum: 1,
-        max_replicas: 2,
-        ..PublishOptions::default()
-    };
-    publish_primes(&owner_node, &inputs, &opts, [5; 32]).await;
+    let (volunteer, owner_node) =
+        lone_volunteer_with_project(root.path(), volunteer_role, 3, [5; 32]).await;
 
     // The retries wait 5 s: every unit is validated well within a minute.
     let status = volunteer.compute.status();
@@ -134,6 +111,31 @@ async fn start_owner(root: &Path, volunteer: &Session) -> Session {
         .expect("owner starts");
     assert!(owner_node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
     owner_node
+}
+
+/// A volunteer in `role` and an owner joined to it, which has published
+/// `units` short prime-counting units that one worker validates alone
+/// (quorum 1). Returns (volunteer, owner).
+async fn lone_volunteer_with_project(
+    root: &Path,
+    role: Role,
+    units: u64,
+    seed: [u8; 32],
+) -> (Session, Session) {
+    let volunteer = Session::start(NodeConfig::local(root.join("v")), role)
+        .await
+        .expect("volunteer starts");
+    let owner_node = start_owner(root, &volunteer).await;
+    let inputs: Vec<Vec<u8>> = (0..units)
+        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
+        .collect();
+    let opts = PublishOptions {
+        quorum: 1,
+        max_replicas: 2,
+        ..PublishOptions::default()
+    };
+    publish_primes(&owner_node, &inputs, &opts, seed).await;
+    (volunteer, owner_node)
 }
 
 /// Publishes the prime-counting app on `inputs`, signed with a fresh owner key.
