@@ -290,6 +290,22 @@ const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 /// a new announcement of it starts over.
 const LOAD_RETRY_ATTEMPTS: u32 = 12;
 
+/// Signs this node's claim on `order` and applies it to `state`: the record
+/// to gossip, or None for a hidden audit (never claimed).
+fn apply_own_claim(
+    state: &mut ProjectState,
+    keypair: &Keypair,
+    order: &WorkOrder,
+    now_ms: u64,
+) -> Result<Option<Gossip>, formic_protocol::signed::SignError> {
+    let Some(claim) = state.claim(keypair, order, now_ms)? else {
+        return Ok(None);
+    };
+    let g = Gossip::Claim(claim);
+    let _ = state.apply(&g);
+    Ok(Some(g))
+}
+
 struct JobDone {
     project: ProjectId,
     unit: UnitRef,
@@ -379,6 +395,7 @@ async fn run(
     let (jobs_tx, mut jobs_rx) = mpsc::channel(64);
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let host_faults = config.host_faults;
     let mut w = Worker {
         client,
         config,
@@ -394,9 +411,8 @@ async fn run(
         computed: 0,
         failed: 0,
         cpu: Duration::ZERO,
-        host_faults_left: std::cell::Cell::new(0),
+        host_faults_left: std::cell::Cell::new(host_faults),
     };
-    w.host_faults_left.set(w.config.host_faults);
     w.restore().await;
     loop {
         tokio::select! {
@@ -694,12 +710,8 @@ impl Worker {
                 if !f.state.is_unfinished_by(&self.me, r.unit, now_ms) {
                     // The lease ran out and nothing was committed: claim
                     // it again (a later lease supersedes the old claim).
-                    match f.state.claim(&self.config.keypair, &order, now_ms) {
-                        Ok(Some(claim)) => {
-                            let g = Gossip::Claim(claim);
-                            let _ = f.state.apply(&g);
-                            renewed.push(g);
-                        }
+                    match apply_own_claim(&mut f.state, &self.config.keypair, &order, now_ms) {
+                        Ok(Some(g)) => renewed.push(g),
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot sign a claim");
@@ -888,10 +900,8 @@ impl Worker {
                 let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
                     break;
                 };
-                match f.state.claim(&self.config.keypair, &order, now) {
-                    Ok(Some(claim)) => {
-                        let g = Gossip::Claim(claim);
-                        let _ = f.state.apply(&g);
+                match apply_own_claim(&mut f.state, &self.config.keypair, &order, now) {
+                    Ok(Some(g)) => {
                         if let Err(e) = self.client.publish(Topic::Project(id), g).await {
                             tracing::debug!(error = %e, "claim not published");
                         }
