@@ -1415,23 +1415,20 @@ impl Task {
     /// Syncs `project` from `peer`, from where the last sync with it ended.
     fn start_sync_job(&mut self, peer: PeerId, project: ProjectId, op: Option<u64>) {
         let cursor = self.sync_from.get(&(peer, project)).copied().unwrap_or(0);
-        self.send_sync(
-            SyncJob {
-                peer,
-                project,
-                op,
-                pages: 0,
-                cursor,
-            },
+        self.send_sync(SyncJob {
+            peer,
+            project,
+            op,
+            pages: 0,
             cursor,
-        );
+        });
     }
 
-    fn send_sync(&mut self, mut job: SyncJob, cursor: u64) {
-        job.cursor = cursor;
+    /// Asks for the page at `job.cursor`.
+    fn send_sync(&mut self, job: SyncJob) {
         let req = SyncRequest {
             project: job.project,
-            cursor,
+            cursor: job.cursor,
             limit: MAX_RECORDS_PER_PAGE,
         };
         let rid = self
@@ -1578,7 +1575,8 @@ impl Task {
                         *from = (*from).max(held_to);
                         match next {
                             Some(cursor) if job.pages < MAX_SYNC_PAGES => {
-                                self.send_sync(job, cursor)
+                                job.cursor = cursor;
+                                self.send_sync(job)
                             }
                             _ => self.finish_sync_job(&job, None),
                         }
