@@ -479,21 +479,8 @@ impl ProjectState {
     /// collect (a spot check validated by its known answer alone has none
     /// until an agreeing worker reveals it).
     pub fn is_complete(&mut self) -> bool {
-        let id = self.id;
         let indices: Vec<u64> = self.specs.keys().copied().collect();
-        let outcome = self.outcome();
-        !indices.is_empty()
-            && indices.iter().all(|i| {
-                outcome
-                    .verdicts
-                    .get(&UnitRef {
-                        project: id,
-                        index: *i,
-                    })
-                    .is_some_and(
-                        |v| matches!(v, Verdict::Validated { workers, .. } if !workers.is_empty()),
-                    )
-            })
+        !indices.is_empty() && indices.iter().all(|i| self.is_settled(*i))
     }
 
     /// How many more replicas `index` needs right now, counting live claims
