@@ -22,7 +22,7 @@ use crate::messages::{
     Batch, Claim, Commit, Data, Gossip, ProjectId, ProjectManifest, Reveal, SpotCheckKey, UnitRef,
     UnitSpec, seal,
 };
-use crate::signed::{SignError, Signed, SignerKey, VerifyError};
+use crate::signed::{SignError, Signed, SignerKey, VerifyError, sign_pair};
 use crate::validation::{
     Evidence, Need, Outcome, RevealEvidence, ValidationPolicy, Verdict, validate,
 };
@@ -759,10 +759,7 @@ impl ProjectState {
             fuel_used,
             engine: engine.to_owned(),
         };
-        Ok((
-            Signed::sign(keypair, &commit)?,
-            Signed::sign(keypair, &reveal)?,
-        ))
+        sign_pair(keypair, &commit, &reveal)
     }
 
     /// Whether a commit on `unit` may now be opened: `quorum` distinct

@@ -303,6 +303,28 @@ pub fn sign_batch(
     Ok(())
 }
 
+/// Signs two records made together by one signer (a commit and its
+/// reveal) as a batch of two: one signature instead of two, the signer's
+/// largest protocol cost after the receivers' checks. Each record still
+/// stands alone as evidence, with a one-hash proof. The proof shows each
+/// record's leaf hash to whoever holds the other; a reveal's leaf covers
+/// its result hash and its fuel figure, so it tells a copier who holds the
+/// commit less than the commit's own seal already does.
+pub fn sign_pair<A: SignedPayload, B: SignedPayload>(
+    keypair: &Keypair,
+    a: &A,
+    b: &B,
+) -> Result<(Signed<A>, Signed<B>), SignError> {
+    let mut a = Signed::unsigned(keypair, a)?;
+    let mut b = Signed::unsigned(keypair, b)?;
+    sign_batch(keypair, &mut [&mut a, &mut b])?;
+    // Encoded and signed here, with the signer's own key: valid and
+    // canonical by construction.
+    let _ = a.checked.set(());
+    let _ = b.checked.set(());
+    Ok((a, b))
+}
+
 /// A value of type `T` signed by `signer`.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
@@ -322,10 +344,11 @@ pub struct Signed<T> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     batch: Option<Box<BatchProof>>,
     /// Set once the signature has been checked on this very value (its
-    /// fields never change), so a record verified when it arrives is not
-    /// verified again by each layer it passes through: ed25519 was most of
-    /// the protocol's CPU. Never serialized: a decoded or reassembled
-    /// envelope starts unchecked.
+    /// fields never change) and its payload has decoded in canonical form,
+    /// so a record verified when it arrives is not verified again by each
+    /// layer it passes through: ed25519 was most of the protocol's CPU, and
+    /// proving a payload canonical (encoding it again) half of each decode.
+    /// Never serialized: a decoded or reassembled envelope starts unchecked.
     #[serde(skip)]
     checked: OnceLock<()>,
     #[serde(skip)]
@@ -384,13 +407,26 @@ impl<T: SignedPayload> Signed<T> {
         let signature = keypair
             .sign(&signed_message(T::DOMAIN, &payload))
             .map_err(|e| SignError::Signing(e.to_string()))?;
-        // Signed here, with the signer's own key: valid by construction.
+        // Signed here, with the signer's own key, over a payload just
+        // encoded here: valid and canonical by construction.
         Ok(Self {
             payload,
             signer,
             signature,
             batch: None,
             checked: OnceLock::from(()),
+            _type: PhantomData,
+        })
+    }
+
+    /// `value`'s envelope with no signature yet, for [`sign_batch`] to sign.
+    fn unsigned(keypair: &Keypair, value: &T) -> Result<Self, SignError> {
+        Ok(Self {
+            payload: codec::encode_versioned(value, T::MAX_PAYLOAD)?,
+            signer: SignerKey::of(keypair)?,
+            signature: Vec::new(),
+            batch: None,
+            checked: OnceLock::new(),
             _type: PhantomData,
         })
     }
@@ -404,33 +440,36 @@ impl<T: SignedPayload> Signed<T> {
     /// [`Signed::verify`], skipping the signature check of a batch whose
     /// root `roots` has seen checked, and remembering it when checked here.
     pub fn verify_in(&self, roots: &mut VerifiedRoots) -> Result<T, VerifyError> {
-        if self.checked.get().is_none() {
-            let forged = || VerifyError::BadSignature {
-                signer: self.signer.to_string(),
-            };
-            match &self.batch {
-                None => {
-                    let key = self.signer.public_key()?;
-                    if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
-                        return Err(forged());
-                    }
-                }
-                Some(proof) => {
-                    let root = proof.root(leaf_hash(T::DOMAIN, &self.payload))?;
-                    let seen =
-                        VerifiedRoots::key(&self.signer, &root, proof.count, &self.signature);
-                    if !roots.seen.contains(&seen) {
-                        let key = self.signer.public_key()?;
-                        if !key.verify(&batch_message(&root, proof.count), &self.signature) {
-                            return Err(forged());
-                        }
-                        roots.remember(seen);
-                    }
+        if self.checked.get().is_some() {
+            return codec::decode_versioned_canonical(&self.payload, T::MAX_PAYLOAD)
+                .map_err(VerifyError::Payload);
+        }
+        let forged = || VerifyError::BadSignature {
+            signer: self.signer.to_string(),
+        };
+        match &self.batch {
+            None => {
+                let key = self.signer.public_key()?;
+                if !key.verify(&signed_message(T::DOMAIN, &self.payload), &self.signature) {
+                    return Err(forged());
                 }
             }
-            let _ = self.checked.set(());
+            Some(proof) => {
+                let root = proof.root(leaf_hash(T::DOMAIN, &self.payload))?;
+                let seen = VerifiedRoots::key(&self.signer, &root, proof.count, &self.signature);
+                if !roots.seen.contains(&seen) {
+                    let key = self.signer.public_key()?;
+                    if !key.verify(&batch_message(&root, proof.count), &self.signature) {
+                        return Err(forged());
+                    }
+                    roots.remember(seen);
+                }
+            }
         }
-        codec::decode_versioned(&self.payload, T::MAX_PAYLOAD).map_err(VerifyError::Payload)
+        let value =
+            codec::decode_versioned(&self.payload, T::MAX_PAYLOAD).map_err(VerifyError::Payload)?;
+        let _ = self.checked.set(());
+        Ok(value)
     }
 
     /// Whether this record was signed as one of a batch.
@@ -504,8 +543,9 @@ impl<T: SignedPayload> BatchSignable for Signed<T> {
     fn set_batch_signature(&mut self, signature: Vec<u8>, proof: BatchProof) {
         self.signature = signature;
         self.batch = Some(Box::new(proof));
-        // Signed here, by the record's own signer: valid by construction.
-        self.checked = OnceLock::from(());
+        // The new signature is valid by construction (signed here, by the
+        // record's own signer), and the payload is unchanged: whether it
+        // was proven canonical stays as it was.
     }
 
     fn signer_key(&self) -> SignerKey {
@@ -593,6 +633,72 @@ mod tests {
             );
         }
         assert_eq!(roots.seen.len(), 1, "one root checked for the two records");
+    }
+
+    #[test]
+    fn a_pair_shares_one_signature_and_each_stands_alone() {
+        let me = Keypair::generate_ed25519();
+        let (a, b) = sign_pair(&me, &Probe(7), &Other(8)).expect("sign");
+        assert!(a.is_batch_signed() && b.is_batch_signed());
+        assert_eq!(a.signature, b.signature, "one signature for both");
+        let mut roots = VerifiedRoots::default();
+        let fresh_a = Signed::<Probe>::from_bytes(&a.to_bytes().expect("encode")).expect("decode");
+        let fresh_b = Signed::<Other>::from_bytes(&b.to_bytes().expect("encode")).expect("decode");
+        assert_eq!(fresh_a.verify_in(&mut roots).map(|p| p.0), Ok(7));
+        assert_eq!(fresh_b.verify_in(&mut roots).map(|p| p.0), Ok(8));
+        assert_eq!(roots.seen.len(), 1, "one root checked for the two records");
+        // A payload swapped under the pair's signature is refused.
+        let (_, signer, signature) = fresh_a.into_parts();
+        let mut forged = Signed::<Probe>::from_parts(
+            codec::encode_versioned(&Probe(9), 64).expect("encode"),
+            signer,
+            signature,
+        );
+        forged.batch = b.batch.clone();
+        assert!(matches!(
+            forged.verify(),
+            Err(VerifyError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn a_checked_record_decodes_again_without_a_second_check() {
+        let me = Keypair::generate_ed25519();
+        let fresh = Signed::<Probe>::from_bytes(
+            &Signed::sign(&me, &Probe(3))
+                .expect("sign")
+                .to_bytes()
+                .expect("encode"),
+        )
+        .expect("decode");
+        assert!(fresh.checked.get().is_none());
+        assert_eq!(fresh.verify().map(|p| p.0), Ok(3));
+        assert!(fresh.checked.get().is_some(), "checked once verified");
+        assert_eq!(fresh.clone().verify().map(|p| p.0), Ok(3));
+        // A signed but non-canonical payload is refused every time, and
+        // never marked checked.
+        let mut payload = codec::encode_versioned(&Probe(3), 64).expect("encode");
+        // cbor: 3 as a one-byte-argument integer (0x18 0x03) instead of 0x03.
+        let last = payload.pop().expect("a payload");
+        assert_eq!(last, 0x03);
+        payload.extend_from_slice(&[0x18, 0x03]);
+        let signature = me
+            .sign(&signed_message(Probe::DOMAIN, &payload))
+            .expect("sign");
+        let odd =
+            Signed::<Probe>::from_parts(payload, SignerKey::of(&me).expect("ed25519"), signature);
+        for _ in 0..2 {
+            assert!(matches!(odd.verify(), Err(VerifyError::Payload(_))));
+            assert!(odd.checked.get().is_none());
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Other(u32);
+
+    impl SignedPayload for Other {
+        const DOMAIN: &'static str = "formic/test/other";
+        const MAX_PAYLOAD: usize = 64;
     }
 
     #[derive(Serialize, Deserialize)]
