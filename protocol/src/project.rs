@@ -154,6 +154,9 @@ pub struct ProjectState {
     unsettled: BTreeSet<u64>,
     /// `unsettled` must be rebuilt before its next use.
     unsettled_stale: bool,
+    /// How many units `unsettled` held after `next_work` last checked every
+    /// one of them for a verdict (see there).
+    unsettled_pruned: usize,
 }
 
 impl ProjectState {
@@ -182,6 +185,7 @@ impl ProjectState {
             order_pos: HashMap::new(),
             unsettled: BTreeSet::new(),
             unsettled_stale: false,
+            unsettled_pruned: 0,
         })
     }
 
@@ -543,6 +547,7 @@ impl ProjectState {
         if self.unsettled_stale {
             self.unsettled = self.units.keys().copied().collect();
             self.unsettled_stale = false;
+            self.unsettled_pruned = 0;
         }
         // Compute (or reuse) the verdicts, then only borrow from here on:
         // this runs for every scheduling decision and must not copy state.
@@ -626,21 +631,28 @@ impl ProjectState {
         // validates as soon as they finish, instead of every worker opening
         // a new unit and validations trailing by a whole unit's time. Among
         // started units, the first in this worker's own order.
+        //
+        // Rank first: only a unit ahead of the best so far is worth a
+        // look, and in a random order few are. Settled units are dropped
+        // from `unsettled` when met ahead; those behind stay until the set
+        // has doubled since every unit in it was last checked, so pruning
+        // costs O(1) per unit however long a unit waits behind others.
+        let prune_all = self.unsettled.len() >= (2 * self.unsettled_pruned).max(64);
         let mut best: Option<(usize, u64)> = None;
         let mut done: Vec<u64> = Vec::new();
         for index in &self.unsettled {
+            let pos = self.order_pos.get(index);
+            let ahead = pos.is_some_and(|pos| best.is_none_or(|(p, _)| *pos < p));
+            if !ahead && !prune_all {
+                continue;
+            }
             if settled(*index) {
                 done.push(*index);
                 continue;
             }
-            // Rank first: only a unit ahead of the best so far is worth
-            // the slot count, and in a random order few are.
-            let Some(pos) = self.order_pos.get(index) else {
+            let (true, Some(pos)) = (ahead, pos) else {
                 continue;
             };
-            if best.is_some_and(|(p, _)| *pos >= p) {
-                continue;
-            }
             let recs = self.units.get(index);
             if is_started(recs) && open(*index, recs) > 0 {
                 best = Some((*pos, *index));
@@ -655,6 +667,9 @@ impl ProjectState {
         };
         for index in done {
             self.unsettled.remove(&index);
+        }
+        if prune_all {
+            self.unsettled_pruned = self.unsettled.len();
         }
         best.map(|(_, i)| i)
             .or(fresh)

@@ -1277,10 +1277,15 @@ impl Task {
         let (_, project) = gossip
             .verify_in(&mut self.verified_roots)
             .map_err(|e| format!("gossip record does not verify: {e}"))?;
-        let topic_ok = if *topic == Topic::Announce.ident().hash() {
-            matches!(gossip, Gossip::Announce(_))
-        } else {
-            *topic == Topic::Project(project).ident().hash()
+        // A subscribed project's topic is known by its hash; only other
+        // topics need the hash computed (a string formatted and hashed,
+        // per record).
+        let topic_ok = match self.project_topics.get(topic) {
+            Some(subscribed) => *subscribed == project,
+            None if *topic == Topic::Announce.ident().hash() => {
+                matches!(gossip, Gossip::Announce(_))
+            }
+            None => *topic == Topic::Project(project).ident().hash(),
         };
         if !topic_ok {
             return Err(format!(
