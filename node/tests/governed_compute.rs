@@ -5,6 +5,8 @@
 //! everything back through the node's control API, as `formic status` does.
 //! A third checks that a lone worker runs again the units its host could
 //! not run (injected host errors), rather than leaving them open for good.
+//! A fourth, that a unit is claimed only once it has run for a while: a
+//! unit done sooner goes out with its commit alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use formic_node::network::NodeConfig;
 use formic_node::owner::{self, PublishOptions};
 use formic_node::preferences::Preferences;
 use formic_node::session::{Role, Session};
+use formic_protocol::messages::{Gossip, ProjectId};
 use formic_work_units::apps;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +103,52 @@ async fn a_lone_worker_runs_again_the_units_its_host_could_not_run() {
     let _ = volunteer.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_unit_that_runs_a_while_is_claimed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Unit 0 counts primes below 3x10^7 (a good part of a second); units
+    // 1..=10 below a thousand each (well under a millisecond).
+    let mut inputs = vec![apps::primes_input(0, 30_000_000)];
+    inputs.extend((1..=10u64).map(|i| apps::primes_input(i * 1000, (i + 1) * 1000)));
+    let (volunteer, owner_node, project) =
+        lone_volunteer_with_inputs(root.path(), Role::volunteer(1), &inputs, [3; 32]).await;
+    let status = volunteer.compute.status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status
+        .borrow()
+        .projects
+        .iter()
+        .any(|p| p.units == 11 && p.validated == 11)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the units were not validated: {:?}",
+            status.borrow().projects
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut claimed = std::collections::BTreeSet::new();
+    let mut committed = std::collections::BTreeSet::new();
+    for g in volunteer.client().records(project).await.expect("records") {
+        match g {
+            Gossip::Claim(c) => claimed.extend(c.verify().ok().map(|c| c.unit.index)),
+            Gossip::Commit(c) => committed.extend(c.verify().ok().map(|c| c.unit.index)),
+            _ => {}
+        }
+    }
+    assert_eq!(committed.len(), 11, "every unit committed: {committed:?}");
+    assert!(claimed.contains(&0), "the long unit was never claimed");
+    // Timing on a loaded CI host may delay a few short runs past the
+    // claim's delay; all ten would mean claims are made up front again.
+    let short_claimed = claimed.iter().filter(|i| **i > 0).count();
+    assert!(
+        short_claimed < 10,
+        "every short unit was claimed: {claimed:?}"
+    );
+    let _ = owner_node.shutdown().await;
+    let _ = volunteer.shutdown().await;
+}
+
 /// The node's status over its control API (a blocking HTTP call, so off
 /// the runtime's threads).
 /// An owner node (computing nothing) joined to `volunteer`.
@@ -122,20 +171,32 @@ async fn lone_volunteer_with_project(
     units: u64,
     seed: [u8; 32],
 ) -> (Session, Session) {
+    let inputs: Vec<Vec<u8>> = (0..units)
+        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
+        .collect();
+    let (volunteer, owner_node, _) = lone_volunteer_with_inputs(root, role, &inputs, seed).await;
+    (volunteer, owner_node)
+}
+
+/// [`lone_volunteer_with_project`] with the units' prime-counting inputs
+/// given; also returns the project's id.
+async fn lone_volunteer_with_inputs(
+    root: &Path,
+    role: Role,
+    inputs: &[Vec<u8>],
+    seed: [u8; 32],
+) -> (Session, Session, ProjectId) {
     let volunteer = Session::start(NodeConfig::local(root.join("v")), role)
         .await
         .expect("volunteer starts");
     let owner_node = start_owner(root, &volunteer).await;
-    let inputs: Vec<Vec<u8>> = (0..units)
-        .map(|i| apps::primes_input(i * 1000, (i + 1) * 1000))
-        .collect();
     let opts = PublishOptions {
         quorum: 1,
         max_replicas: 2,
         ..PublishOptions::default()
     };
-    publish_primes(&owner_node, &inputs, &opts, seed).await;
-    (volunteer, owner_node)
+    let project = publish_primes(&owner_node, inputs, &opts, seed).await;
+    (volunteer, owner_node, project.id())
 }
 
 /// Publishes the prime-counting app on `inputs`, signed with a fresh owner key.

@@ -235,6 +235,9 @@ struct Followed {
     resync_running: Arc<std::sync::atomic::AtomicBool>,
     /// Units this host could not run: busy until their wait is over.
     host_retry: HostRetries,
+    /// Units running here whose claim is not made yet, and when it is due
+    /// (see [`CLAIM_DELAY`]).
+    unclaimed: Vec<(tokio::time::Instant, UnitRef)>,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -271,6 +274,15 @@ struct LoadRetry {
 /// README), where some workers still open a unit of their own. Paid each
 /// time a computing node loads a project: once, and again after a restart.
 const FIRST_PICK_SPREAD: Duration = Duration::from_millis(500);
+
+/// How long a unit runs before its claim is made. A unit done sooner
+/// needs none: its commit says all the claim would (`involves`, the
+/// replica count), and with short units signing claims that the outbox
+/// would then leave out of its bundle was a tenth of the computing layer's
+/// CPU. A longer unit's claim is only this much later, about the time the
+/// network's outbox holds a record on a busy topic anyway. Until then
+/// `busy` keeps this node from taking the unit twice.
+const CLAIM_DELAY: Duration = Duration::from_millis(25);
 
 /// A reveal waits for a quorum of commits. If this node missed another
 /// worker's commit (gossip drops a message when a peer's send queue is
@@ -439,6 +451,7 @@ async fn run(
             Some(done) = jobs_rx.recv() => w.on_job_done(done).await,
             // A project's first pick, on time rather than at the next tick.
             () = sleep_until_some(w.next_opening()) => w.schedule().await,
+            () = sleep_until_some(w.next_claim_due()) => w.claim_due_units().await,
             _ = tick.tick() => {
                 w.retry_loads();
                 w.release_host_retries().await;
@@ -464,6 +477,43 @@ impl Worker {
             .filter_map(|f| f.opens_at)
             .filter(|at| *at > now)
             .min()
+    }
+
+    /// When the earliest pending claim is due, if any is pending.
+    fn next_claim_due(&self) -> Option<tokio::time::Instant> {
+        self.projects
+            .values()
+            .flat_map(|f| f.unclaimed.iter().map(|(at, _)| *at))
+            .min()
+    }
+
+    /// Claims the units that have run for [`CLAIM_DELAY`] and are still
+    /// running, and gossips the claims.
+    async fn claim_due_units(&mut self) {
+        let now = tokio::time::Instant::now();
+        let now_ms = now_ms();
+        let mut claims = Vec::new();
+        for (id, f) in self.projects.iter_mut() {
+            let (due, waiting): (Vec<_>, Vec<_>) =
+                f.unclaimed.drain(..).partition(|(at, _)| *at <= now);
+            f.unclaimed = waiting;
+            for (_, unit) in due {
+                let Some(order) = f.state.work_order(unit.index, false) else {
+                    continue;
+                };
+                match apply_own_claim(&mut f.state, &self.config.keypair, &order, now_ms) {
+                    Ok(Some(g)) => claims.push((*id, g)),
+                    Ok(None) => {}
+                    // The unit still runs; its commit will show it.
+                    Err(e) => tracing::warn!(error = %e, "cannot sign a claim"),
+                }
+            }
+        }
+        for (id, g) in claims {
+            if let Err(e) = self.client.publish(Topic::Project(id), g).await {
+                tracing::debug!(error = %e, "claim not published");
+            }
+        }
     }
 
     /// After a restart: follows again what was followed before, from the
@@ -831,6 +881,7 @@ impl Worker {
                     last_resync: None,
                     resync_running: Arc::default(),
                     host_retry: HostRetries::default(),
+                    unclaimed: Vec::new(),
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -900,21 +951,13 @@ impl Worker {
                 let Some(order) = f.state.next_work(&self.me, now, draw, &f.busy) else {
                     break;
                 };
-                match apply_own_claim(&mut f.state, &self.config.keypair, &order, now) {
-                    Ok(Some(g)) => {
-                        if let Err(e) = self.client.publish(Topic::Project(id), g).await {
-                            tracing::debug!(error = %e, "claim not published");
-                        }
-                    }
-                    Ok(None) => tracing::debug!(unit = order.unit.index, "hidden audit"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot sign a claim");
-                        break;
-                    }
+                if order.audit {
+                    // Never claimed: nothing shows who audits.
+                    tracing::debug!(unit = order.unit.index, "hidden audit");
+                } else {
+                    f.unclaimed
+                        .push((tokio::time::Instant::now() + CLAIM_DELAY, order.unit));
                 }
-                let Some(f) = self.projects.get_mut(&id) else {
-                    break;
-                };
                 f.busy.insert(order.unit.index);
                 self.running += 1;
                 let limits = limits_of(f.state.manifest());
@@ -946,6 +989,9 @@ impl Worker {
             let unit = order.unit;
             let result = async {
                 if injected_fault {
+                    // After the unit's claim is out, as a host error that
+                    // strikes mid-run (an input fetch timing out) would.
+                    tokio::time::sleep(2 * CLAIM_DELAY).await;
                     return (Err(JobError::Host("injected host fault".to_owned())), None);
                 }
                 if skip {
@@ -1031,6 +1077,9 @@ impl Worker {
         let Some(f) = self.projects.get_mut(&done.project) else {
             return;
         };
+        // Finished before its claim was due: the commit (or, after a host
+        // error, the retry's own claim) stands for it.
+        f.unclaimed.retain(|(_, u)| *u != done.unit);
         let (mut output, fuel) = match done.result {
             Ok(x) => x,
             Err(JobError::Unit(e)) => {
