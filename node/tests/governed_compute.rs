@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use formic_node::api::{NodeStatus, client};
+use formic_node::computing::ComputeStatus;
 use formic_node::governor::fake::FakeSources;
 use formic_node::governor::{self, Decision, ReasonKind, UnitSet, UserIdle};
 use formic_node::network::NodeConfig;
@@ -81,22 +82,12 @@ async fn a_lone_worker_runs_again_the_units_its_host_could_not_run() {
         lone_volunteer_with_project(root.path(), volunteer_role, 3, [5; 32]).await;
 
     // The retries wait 5 s: every unit is validated well within a minute.
-    let status = volunteer.compute.status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !status
-        .borrow()
-        .projects
-        .iter()
-        .any(|p| p.units == 3 && p.validated == 3)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "units hit by host errors were never run again: {:?}",
-            status.borrow().projects
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let s = status.borrow().clone();
+    let s = wait_until_all_validated(
+        &volunteer,
+        3,
+        "units hit by host errors were never run again",
+    )
+    .await;
     assert_eq!(s.computed, 3, "each unit ran once to completion");
     assert_eq!(s.failed, 0, "a host error is not the unit's failure");
     let _ = owner_node.shutdown().await;
@@ -112,21 +103,7 @@ async fn only_a_unit_that_runs_a_while_is_claimed() {
     inputs.extend((1..=10u64).map(|i| apps::primes_input(i * 1000, (i + 1) * 1000)));
     let (volunteer, owner_node, project) =
         lone_volunteer_with_inputs(root.path(), Role::volunteer(1), &inputs, [3; 32]).await;
-    let status = volunteer.compute.status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !status
-        .borrow()
-        .projects
-        .iter()
-        .any(|p| p.units == 11 && p.validated == 11)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the units were not validated: {:?}",
-            status.borrow().projects
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_all_validated(&volunteer, 11, "the units were not validated").await;
     let mut claimed = std::collections::BTreeSet::new();
     let mut committed = std::collections::BTreeSet::new();
     for g in volunteer.client().records(project).await.expect("records") {
@@ -147,6 +124,27 @@ async fn only_a_unit_that_runs_a_while_is_claimed() {
     );
     let _ = owner_node.shutdown().await;
     let _ = volunteer.shutdown().await;
+}
+
+/// Waits up to a minute until `node` sees all `units` of its project
+/// validated, or fails with `what`; returns its compute status then.
+async fn wait_until_all_validated(node: &Session, units: usize, what: &str) -> ComputeStatus {
+    let status = node.compute.status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status
+        .borrow()
+        .projects
+        .iter()
+        .any(|p| p.units == units && p.validated == units)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:?}",
+            status.borrow().projects
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status.borrow().clone()
 }
 
 /// The node's status over its control API (a blocking HTTP call, so off
