@@ -307,9 +307,10 @@ pub fn sign_batch(
 /// reveal) as a batch of two: one signature instead of two, the signer's
 /// largest protocol cost after the receivers' checks. Each record still
 /// stands alone as evidence, with a one-hash proof. The proof shows each
-/// record's leaf hash to whoever holds the other; a reveal's leaf covers
-/// its result hash and its fuel figure, so it tells a copier who holds the
-/// commit less than the commit's own seal already does.
+/// record's leaf hash to whoever holds the other. A copier holding the
+/// commit could already test guessed outputs against its seal; the
+/// reveal's leaf adds only a check of the fuel figure once the output is
+/// guessed, and validation never compares fuel.
 pub fn sign_pair<A: SignedPayload, B: SignedPayload>(
     keypair: &Keypair,
     a: &A,
@@ -323,6 +324,18 @@ pub fn sign_pair<A: SignedPayload, B: SignedPayload>(
     let _ = a.checked.set(());
     let _ = b.checked.set(());
     Ok((a, b))
+}
+
+/// Records signed here are marked checked without a decode, on the ground
+/// that an encoding made here is canonical. That holds only for payload
+/// types whose encoding round-trips (no hash maps, no floats); debug builds
+/// (every test) check it for each record signed.
+fn debug_assert_canonical<T: SignedPayload>(payload: &[u8]) {
+    debug_assert!(
+        codec::decode_versioned::<T>(payload, T::MAX_PAYLOAD).is_ok(),
+        "{} does not decode canonically from its own encoding",
+        T::DOMAIN
+    );
 }
 
 /// A value of type `T` signed by `signer`.
@@ -404,6 +417,7 @@ impl<T: SignedPayload> Signed<T> {
     pub fn sign(keypair: &Keypair, value: &T) -> Result<Self, SignError> {
         let signer = SignerKey::of(keypair)?;
         let payload = codec::encode_versioned(value, T::MAX_PAYLOAD)?;
+        debug_assert_canonical::<T>(&payload);
         let signature = keypair
             .sign(&signed_message(T::DOMAIN, &payload))
             .map_err(|e| SignError::Signing(e.to_string()))?;
@@ -421,8 +435,10 @@ impl<T: SignedPayload> Signed<T> {
 
     /// `value`'s envelope with no signature yet, for [`sign_batch`] to sign.
     fn unsigned(keypair: &Keypair, value: &T) -> Result<Self, SignError> {
+        let payload = codec::encode_versioned(value, T::MAX_PAYLOAD)?;
+        debug_assert_canonical::<T>(&payload);
         Ok(Self {
-            payload: codec::encode_versioned(value, T::MAX_PAYLOAD)?,
+            payload,
             signer: SignerKey::of(keypair)?,
             signature: Vec::new(),
             batch: None,
