@@ -71,9 +71,11 @@ async fn no_unit_starts_while_the_governor_says_suspended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_worker_runs_again_the_units_its_host_could_not_run() {
     let root = tempfile::tempdir().expect("tempdir");
-    // Its first two runs end in a host error (as a full sandbox pool or an
-    // input it cannot fetch would): the units are claimed, so only this
-    // node can take them while its claims hold, and it must not give up.
+    // Its first two runs end in a host error (as an input it cannot fetch
+    // or a full sandbox pool would). The first strikes after the unit's
+    // claim is out, so only this node can take that unit while its claim
+    // holds, and it must not give up; the second strikes before the claim
+    // is made, so that unit goes back to the scheduler's pick.
     let volunteer_role = Role {
         host_faults: 2,
         ..Role::volunteer(1)

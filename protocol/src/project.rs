@@ -695,6 +695,12 @@ impl ProjectState {
         ranked.into_iter().map(|(_, i)| i).collect()
     }
 
+    /// Whether `me` has claimed or committed to unit `index` (then
+    /// `next_work` never offers it to `me` again).
+    pub fn involves(&self, me: &SignerKey, index: u64) -> bool {
+        self.units.get(&index).is_some_and(|r| r.involves(me))
+    }
+
     /// Whether `me` has committed to unit `index`.
     pub fn committed_by(&self, me: &SignerKey, index: u64) -> bool {
         self.units

@@ -8,10 +8,13 @@
 //! it retry at once: a hidden audit leaves no claim to keep it from being
 //! picked again, in a loop for as long as the trouble lasts. So each unit
 //! waits, doubling from [`HOST_RETRY_FIRST`] to [`HOST_RETRY_MAX`] with each
-//! failure in a row, and is released once. A hidden audit goes back to
-//! `schedule`'s pick; a unit this node claimed is one `next_work` will never
-//! offer it again (it is already involved), so the computing layer queues
-//! it to run again itself, renewing its claim if the lease ran out.
+//! failure in a row, and is released once. A hidden audit, or a unit that
+//! failed before its claim was made, goes back to `schedule`'s pick, which
+//! offers it again only while it still wants replicas; a unit this node
+//! claimed is one `next_work` will never offer it again (it is already
+//! involved), so the computing layer queues it to run again itself,
+//! renewing its claim if the lease ran out. A computed result the node
+//! could not store waits the same way.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -63,7 +63,9 @@ pub struct ComputeConfig {
     pub governed: Option<crate::governor::UnitSet>,
     /// Fault injection for tests: the first this many unit runs end in a
     /// host error without running, as a full sandbox pool or an input that
-    /// cannot be fetched would. 0 in production.
+    /// cannot be fetched would. They alternate between striking after the
+    /// unit's claim is out (the first, third, …) and at once, before it.
+    /// 0 in production.
     pub host_faults: u32,
 }
 
@@ -498,6 +500,11 @@ impl Worker {
                 f.unclaimed.drain(..).partition(|(at, _)| *at <= now);
             f.unclaimed = waiting;
             for (_, unit) in due {
+                // Settled by others meanwhile: a claim would tell nobody
+                // anything.
+                if f.state.is_settled(unit.index) {
+                    continue;
+                }
                 let Some(order) = f.state.work_order(unit.index, false) else {
                     continue;
                 };
@@ -751,7 +758,10 @@ impl Worker {
                     audit = r.audit,
                     "trying a unit again after a host error"
                 );
-                if r.audit || f.state.is_settled(r.unit) {
+                // A unit this node never claimed (an audit, or one that
+                // failed before its claim was due) goes back to `next_work`,
+                // which offers it again only while it still wants replicas.
+                if r.audit || !f.state.involves(&self.me, r.unit) || f.state.is_settled(r.unit) {
                     continue;
                 }
                 let Some(order) = f.state.work_order(r.unit, false) else {
@@ -979,9 +989,12 @@ impl Worker {
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
         let audit = order.audit;
-        let injected_fault = self.host_faults_left.get() > 0;
+        let faults_left = self.host_faults_left.get();
+        let injected_fault = faults_left > 0;
+        // Counting down from `host_faults`: the first strikes late.
+        let fault_after_claim = faults_left % 2 == self.config.host_faults % 2;
         if injected_fault {
-            self.host_faults_left.set(self.host_faults_left.get() - 1);
+            self.host_faults_left.set(faults_left - 1);
         }
         let pool = self.config.pool.clone();
         let governed = self.config.governed.clone();
@@ -989,9 +1002,11 @@ impl Worker {
             let unit = order.unit;
             let result = async {
                 if injected_fault {
-                    // After the unit's claim is out, as a host error that
-                    // strikes mid-run (an input fetch timing out) would.
-                    tokio::time::sleep(2 * CLAIM_DELAY).await;
+                    // Late, as a host error that strikes mid-run (an input
+                    // fetch timing out) would, or at once (a full pool).
+                    if fault_after_claim {
+                        tokio::time::sleep(2 * CLAIM_DELAY).await;
+                    }
                     return (Err(JobError::Host("injected host fault".to_owned())), None);
                 }
                 if skip {
@@ -1118,6 +1133,7 @@ impl Worker {
             && let Err(e) = self.client.put_blob(output).await
         {
             tracing::warn!(error = %e, "cannot store a unit's output");
+            self.result_not_kept(done.project, done.unit.index, done.audit);
             return;
         }
         let Some(f) = self.projects.get_mut(&done.project) else {
@@ -1144,9 +1160,10 @@ impl Worker {
                     {
                         // Publishing a commit whose reveal could be lost would
                         // break the promise above: drop the result instead
-                        // (the claim lapses and the unit goes to others).
+                        // (any claim lapses and the unit goes to others).
                         tracing::warn!(project = %project.short(), unit = index, error = %e,
                             "result dropped: its reveal could not be stored");
+                        self.result_not_kept(project, index, done.audit);
                         return;
                     }
                 }
@@ -1166,6 +1183,18 @@ impl Worker {
         // Take the next unit now rather than at the next tick: with short
         // units the tick would otherwise bound throughput.
         self.schedule().await;
+    }
+
+    /// A computed result this node could not keep (its output or its reveal
+    /// not stored): the host's trouble, so the unit waits and runs again as
+    /// one hit by a host error would, instead of being picked again at once,
+    /// in a loop for as long as the disk is full.
+    fn result_not_kept(&mut self, project: ProjectId, index: u64, audit: bool) {
+        if let Some(f) = self.projects.get_mut(&project) {
+            f.busy.insert(index);
+            f.host_retry
+                .failed(index, audit, tokio::time::Instant::now());
+        }
     }
 
     /// Reveals every held result whose unit has a quorum of commits.
