@@ -157,6 +157,9 @@ pub struct ProjectState {
     /// How many units `unsettled` held after `next_work` last checked every
     /// one of them for a verdict (see there).
     unsettled_pruned: usize,
+    /// Bumped whenever the verdicts may have changed (see
+    /// [`ProjectState::verdicts_revision`]).
+    verdicts_revision: u64,
 }
 
 impl ProjectState {
@@ -186,6 +189,7 @@ impl ProjectState {
             unsettled: BTreeSet::new(),
             unsettled_stale: false,
             unsettled_pruned: 0,
+            verdicts_revision: 0,
         })
     }
 
@@ -247,7 +251,7 @@ impl ProjectState {
         self.batches.insert(b.seq, batch.clone());
         self.order = None;
         self.unsettled_stale = true;
-        self.outcome = None;
+        self.forget_outcome();
         Ok(Applied::New)
     }
 
@@ -387,7 +391,7 @@ impl ProjectState {
                         hash,
                     );
                 }
-                self.outcome = None;
+                self.forget_outcome();
                 // Known answers may prove workers faulty, re-opening the
                 // units they helped validate.
                 self.unsettled_stale = true;
@@ -445,6 +449,8 @@ impl ProjectState {
     /// the next read. Deciding every unit again after each reveal made a
     /// project's validation cost grow with the square of its size.
     fn add_evidence(&mut self, r: RevealEvidence) {
+        // Whether decided again for this unit alone or all at once below.
+        self.verdicts_revision += 1;
         let unit = r.unit;
         let before = self
             .outcome
@@ -461,9 +467,23 @@ impl ProjectState {
             // Any unit may have re-opened. When only this unit was decided
             // again, the Commit or Reveal that brought the evidence has
             // already put it back among the unsettled ones.
-            self.outcome = None;
+            self.forget_outcome();
             self.unsettled_stale = true;
         }
+    }
+
+    /// Drops the cached verdicts, to be decided again in full at the next
+    /// read.
+    fn forget_outcome(&mut self) {
+        self.outcome = None;
+        self.verdicts_revision += 1;
+    }
+
+    /// A number that changes whenever the verdicts may have changed, so a
+    /// caller that derives figures from them (a progress count walked over
+    /// every unit) can skip the walk while it stays the same.
+    pub fn verdicts_revision(&self) -> u64 {
+        self.verdicts_revision
     }
 
     /// Whether unit `index` is validated with an output to collect (a spot

@@ -482,3 +482,41 @@ fn an_evidence_bundle_rechecks_offline_and_catches_tampering() {
         Err(CheckError::NotValidated(3))
     );
 }
+
+#[test]
+fn the_verdicts_revision_changes_whenever_the_verdicts_do() {
+    // A saboteur among them, so verdicts also move by proven faults.
+    let (_, mut workers) = setup(4, &[1], 20, 2, 4);
+    let mut last: Option<(u64, String)> = None;
+    let mut moves = 0;
+    for _ in 0..30 {
+        run(&mut workers, 1);
+        let w = &mut workers[0];
+        let revision = w.state.verdicts_revision();
+        let verdicts = format!("{:?}", w.state.outcome().verdicts);
+        if let Some((r, v)) = &last {
+            if *r == revision {
+                assert_eq!(*v, verdicts, "the verdicts changed under one revision");
+            } else {
+                moves += 1;
+            }
+        }
+        last = Some((revision, verdicts));
+    }
+    assert!(moves > 0, "the revision never moved");
+    // A claim changes no verdict, and so not the revision.
+    let before = workers[0].state.verdicts_revision();
+    let me = SignerKey::of(&workers[2].key).expect("ed25519");
+    let order = workers[2]
+        .state
+        .work_order(0, false)
+        .expect("unit 0 exists");
+    let claim = workers[2]
+        .state
+        .claim(&workers[2].key, &order, 1_000_000)
+        .expect("claim")
+        .expect("not an audit");
+    assert_eq!(claim.signer(), me);
+    let _ = workers[0].state.apply(&Gossip::Claim(claim));
+    assert_eq!(workers[0].state.verdicts_revision(), before);
+}

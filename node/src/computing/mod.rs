@@ -240,6 +240,9 @@ struct Followed {
     /// Units running here whose claim is not made yet, and when it is due
     /// (see [`CLAIM_DELAY`]).
     unclaimed: Vec<(tokio::time::Instant, UnitRef)>,
+    /// The last progress counted from the verdicts: (verdicts revision and
+    /// `computed_here` it was counted at, validated units, credit fuel).
+    counted: Option<(u64, u64, usize, u64)>,
 }
 
 /// What loading a project yields: its signed manifest, the announced batch
@@ -892,6 +895,7 @@ impl Worker {
                     resync_running: Arc::default(),
                     host_retry: HostRetries::default(),
                     unclaimed: Vec::new(),
+                    counted: None,
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
@@ -1304,20 +1308,33 @@ impl Worker {
         let mut projects = Vec::new();
         for (id, f) in self.projects.iter_mut() {
             // Counted from the cached verdicts: this runs every tick and must
-            // not copy outputs. A validated unit with no agreeing worker (a
-            // spot check nobody answered) has no result to collect.
-            let mut validated = 0;
-            let mut credit_fuel = 0;
-            for (unit, verdict) in &f.state.outcome().verdicts {
-                if let Verdict::Validated { workers, .. } = verdict
-                    && !workers.is_empty()
-                {
-                    validated += 1;
-                    if workers.contains(&me) {
-                        credit_fuel += f.fuel_by_unit.get(&unit.index).copied().unwrap_or(0);
-                    }
+            // not copy outputs, nor walk every unit again while nothing
+            // changed (a node idly following a large project). A validated
+            // unit with no agreeing worker (a spot check nobody answered)
+            // has no result to collect.
+            let key = (f.state.verdicts_revision(), f.computed_here);
+            let (validated, credit_fuel) = match f.counted {
+                Some((revision, computed, validated, credit)) if (revision, computed) == key => {
+                    (validated, credit)
                 }
-            }
+                _ => {
+                    let mut validated = 0;
+                    let mut credit_fuel = 0;
+                    for (unit, verdict) in &f.state.outcome().verdicts {
+                        if let Verdict::Validated { workers, .. } = verdict
+                            && !workers.is_empty()
+                        {
+                            validated += 1;
+                            if workers.contains(&me) {
+                                credit_fuel +=
+                                    f.fuel_by_unit.get(&unit.index).copied().unwrap_or(0);
+                            }
+                        }
+                    }
+                    f.counted = Some((key.0, key.1, validated, credit_fuel));
+                    (validated, credit_fuel)
+                }
+            };
             projects.push(ProjectProgress {
                 project: id.to_string(),
                 name: f.state.manifest().name.clone(),
