@@ -181,10 +181,11 @@ fn main() {
             let secs = report.publish_to_complete.as_secs_f64();
             println!(
                 "peers {peers}, trivial units {units}: publish -> all {} validated in {secs:.1} s = {:.0} validated/s \
-                 (whole run with network start-up {:.1} s)",
+                 (whole run with network start-up {:.1} s); executions per validated unit {:.2}",
                 report.validated,
                 report.validated as f64 / secs,
-                report.wall_time.as_secs_f64()
+                report.wall_time.as_secs_f64(),
+                report.executions as f64 / report.validated.max(1) as f64
             );
         }
         other => eprintln!("unknown mode {other}: use efficiency or ceiling"),

@@ -160,7 +160,31 @@ pub struct ProjectState {
     /// Bumped whenever the verdicts may have changed (see
     /// [`ProjectState::verdicts_revision`]).
     verdicts_revision: u64,
+    /// Every worker with a claim, commit or reveal in the project: who may
+    /// be designated to join a started unit (see [`JOIN_GRACE_MS`]).
+    workers_seen: BTreeSet<SignerKey>,
+    /// When `next_work` first found each started unit open to join, by
+    /// the clock it is given: anyone may join it once [`JOIN_GRACE_MS`]
+    /// have passed.
+    open_since: HashMap<u64, u64>,
 }
+
+/// How long a started unit that wants more replicas is left to its
+/// designated joiners before any worker may join it.
+///
+/// Workers prefer joining a started unit to opening a fresh one (see
+/// `next_work`), and each sees the others' picks only a gossip round
+/// later: up to a bundle window (25 ms) plus delivery. With short units a
+/// worker runs many in that time, so every worker joined every unit it saw
+/// open: the protocol-ceiling run made 3.6 executions per validated unit
+/// where 2 were wanted. Now a started unit wanting k more replicas is
+/// joined at first only by the k workers that rank first for it among
+/// those not yet involved (rendezvous hashing over the workers seen in the
+/// project, so all workers agree without talking); everyone else opens
+/// fresh units meanwhile. If those k do not come (busy with long units,
+/// or gone), anyone may join after this grace. Long units lose little:
+/// their workers are rarely free at the same moment.
+pub const JOIN_GRACE_MS: u64 = 100;
 
 impl ProjectState {
     /// Starts tracking the project whose signed manifest is `manifest`.
@@ -190,6 +214,8 @@ impl ProjectState {
             unsettled_stale: false,
             unsettled_pruned: 0,
             verdicts_revision: 0,
+            workers_seen: BTreeSet::new(),
+            open_since: HashMap::new(),
         })
     }
 
@@ -293,6 +319,7 @@ impl ProjectState {
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
+                self.workers_seen.insert(w);
                 let newer = recs
                     .claim_expiry
                     .get(&w)
@@ -310,6 +337,7 @@ impl ProjectState {
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
+                self.workers_seen.insert(w);
                 if recs.commits.contains_key(&w) {
                     // A second, different commit is equivocation; the first
                     // one stands and the reveal must open it.
@@ -340,6 +368,7 @@ impl ProjectState {
                 self.check_unit(&r.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &r.unit, &w)?;
+                self.workers_seen.insert(w);
                 let committed = match recs.seals.get(&w) {
                     Some(sealed) if seal(&r.result_hash, &w, &r.unit) != *sealed => {
                         return Err(RecordError::SealMismatch);
@@ -660,6 +689,13 @@ impl ProjectState {
         let prune_all = self.unsettled.len() >= (2 * self.unsettled_pruned).max(64);
         let mut best: Option<(usize, u64)> = None;
         let mut done: Vec<u64> = Vec::new();
+        // Started units first found open to join now, and ones found
+        // wanting no more replicas (their grace starts again if they do).
+        let (mut opened, mut closed): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+        // The first started unit open to join that `me` is not designated
+        // for: taken only when there is no fresh unit to open instead, as
+        // at the end of a project, where holding back would only idle.
+        let mut fallback: Option<(usize, u64)> = None;
         for index in &self.unsettled {
             let pos = self.order_pos.get(index);
             let ahead = pos.is_some_and(|pos| best.is_none_or(|(p, _)| *pos < p));
@@ -674,8 +710,25 @@ impl ProjectState {
                 continue;
             };
             let recs = self.units.get(index);
-            if is_started(recs) && open(*index, recs) > 0 {
+            if !is_started(recs) {
+                continue;
+            }
+            let slots = open(*index, recs);
+            if slots == 0 {
+                closed.push(*index);
+                continue;
+            }
+            // Its designated joiners first, anyone after the grace (see
+            // JOIN_GRACE_MS).
+            let since = self.open_since.get(index).copied();
+            if since.is_none() {
+                opened.push(*index);
+            }
+            let aged = since.is_some_and(|t| now_ms.saturating_sub(t) >= JOIN_GRACE_MS);
+            if aged || self.designated_joiner(me, *index, recs, slots) {
                 best = Some((*pos, *index));
+            } else if fallback.is_none_or(|(p, _)| *pos < p) {
+                fallback = Some((*pos, *index));
             }
         }
         let fresh = match best {
@@ -687,13 +740,56 @@ impl ProjectState {
         };
         for index in done {
             self.unsettled.remove(&index);
+            self.open_since.remove(&index);
+        }
+        // Still unsettled (a lease may lapse, a dispute may want more), but
+        // no longer open: its grace starts again when it is.
+        for index in closed {
+            self.open_since.remove(&index);
+        }
+        for index in opened {
+            self.open_since.insert(index, now_ms);
         }
         if prune_all {
             self.unsettled_pruned = self.unsettled.len();
         }
         best.map(|(_, i)| i)
             .or(fresh)
+            .or(fallback.map(|(_, i)| i))
             .and_then(|i| self.work_order(i, false))
+    }
+
+    /// Whether `me` is among the `k` workers, of those seen in the project
+    /// and not yet involved in unit `index`, that rank first for it: the
+    /// ones meant to join it (see [`JOIN_GRACE_MS`]). Every worker computes
+    /// the same ranks, so they agree on who that is without talking.
+    fn designated_joiner(
+        &self,
+        me: &SignerKey,
+        index: u64,
+        recs: Option<&UnitRecords>,
+        k: usize,
+    ) -> bool {
+        let Some(seed) = self
+            .specs
+            .get(&index)
+            .and_then(|(seq, _)| self.seeds.get(seq))
+        else {
+            return true;
+        };
+        let unit = UnitRef {
+            project: self.id,
+            index,
+        };
+        let mine = assignment::rank(seed, &unit, me);
+        let ahead = self
+            .workers_seen
+            .iter()
+            .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)))
+            .filter(|w| assignment::rank(seed, &unit, w) < mine)
+            .take(k)
+            .count();
+        ahead < k
     }
 
     /// Every unit `me` knows of, in `me`'s rendezvous order (its own
@@ -875,6 +971,7 @@ mod tests {
         let veteran = outcome.is_veteran(me, &state.policy);
         let audit = assignment::should_audit(draw, state.manifest.policy.audit_rate_ppm);
         let mut fresh = None;
+        let mut not_designated = None;
         for index in order {
             let recs = state.units.get(&index);
             if busy.contains(&index) || recs.is_some_and(|r| r.involves(me)) {
@@ -902,6 +999,30 @@ mod tests {
             let slots = state.open_slots(index, &outcome, now_ms);
             let started = recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty());
             let auditable = audit && recs.is_some_and(|r| !r.commits.is_empty());
+            // Outside audits a started unit is joined first by the `slots`
+            // workers ranking first for it among those seen and not
+            // involved, by anyone once it has been open for the grace.
+            let joinable = || {
+                let aged = state
+                    .open_since
+                    .get(&index)
+                    .is_some_and(|t| now_ms.saturating_sub(*t) >= JOIN_GRACE_MS);
+                let seed = state.seeds[&state.specs[&index].0];
+                let mine = assignment::rank(&seed, &unit, me);
+                let ahead = state
+                    .workers_seen
+                    .iter()
+                    .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)))
+                    .filter(|w| assignment::rank(&seed, &unit, w) < mine)
+                    .count();
+                aged || ahead < slots
+            };
+            if started && slots > 0 && !audit && !joinable() {
+                if not_designated.is_none() {
+                    not_designated = Some(index);
+                }
+                continue;
+            }
             if slots > 0 || auditable {
                 if started || auditable {
                     return state.work_order(index, slots == 0);
@@ -911,7 +1032,9 @@ mod tests {
                 }
             }
         }
-        fresh.and_then(|i| state.work_order(i, false))
+        fresh
+            .or(not_designated)
+            .and_then(|i| state.work_order(i, false))
     }
 
     struct Worker {
@@ -1143,8 +1266,15 @@ mod tests {
         }
         assert_eq!(ws[b].state.outcome().faulty.len(), 1, "d proven faulty");
         let busy = BTreeSet::new();
+        // Re-opened, `first` goes first to the worker designated to join it
+        // (c or b, by rank); once it has been open for the grace, to b in
+        // any case.
         let expect = reference(&mut ws[b].state.clone(), &me_b, now, 0, &busy);
-        assert_eq!(expect.as_ref().map(|o| o.unit.index), Some(first));
+        assert!(expect.as_ref().is_none_or(|o| o.unit.index == first));
         assert_eq!(ws[b].state.next_work(&me_b, now, 0, &busy), expect);
+        let later = now + JOIN_GRACE_MS;
+        let expect = reference(&mut ws[b].state.clone(), &me_b, later, 0, &busy);
+        assert_eq!(expect.as_ref().map(|o| o.unit.index), Some(first));
+        assert_eq!(ws[b].state.next_work(&me_b, later, 0, &busy), expect);
     }
 }
