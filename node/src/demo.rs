@@ -36,13 +36,21 @@ pub struct DemoConfig {
     pub results_dir: Option<std::path::PathBuf>,
 }
 
+/// Each demo unit counts primes over a range this wide: about 30 ms on the
+/// 2-core dev machine, ~3 s for the whole demo. With units of a few
+/// milliseconds the first two volunteers to start (each waits up to half a
+/// second before its first pick) could finish all 60 units before the
+/// others began, and in a third of the runs the saboteur never got a unit
+/// to be caught on.
+pub const DEFAULT_RANGE: u64 = 10_000_000;
+
 impl Default for DemoConfig {
     fn default() -> Self {
         Self {
             peers: 5,
             units: 60,
             saboteurs: 1,
-            range: 200_000,
+            range: DEFAULT_RANGE,
             quorum: 2,
             audit_rate_ppm: 0,
             timeout: Duration::from_secs(120),

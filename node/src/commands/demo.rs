@@ -22,8 +22,10 @@ pub struct DemoArgs {
     /// How many of the peers are saboteurs (two or more collude).
     #[arg(long, default_value_t = 1)]
     pub saboteurs: usize,
-    /// Width of each unit's range of integers (sets how long a unit runs).
-    #[arg(long, default_value_t = 200_000)]
+    /// Width of each unit's range of integers (sets how long a unit runs;
+    /// the default, ~30 ms, keeps every volunteer busy for a few seconds,
+    /// so the saboteur gets work and is caught).
+    #[arg(long, default_value_t = crate::demo::DEFAULT_RANGE)]
     pub range: u64,
     /// Matching results needed per unit.
     #[arg(long, default_value_t = 2)]
