@@ -368,7 +368,6 @@ impl ProjectState {
                 self.check_unit(&r.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &r.unit, &w)?;
-                self.workers_seen.insert(w);
                 let committed = match recs.seals.get(&w) {
                     Some(sealed) if seal(&r.result_hash, &w, &r.unit) != *sealed => {
                         return Err(RecordError::SealMismatch);
@@ -383,6 +382,7 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 recs.reveals.insert(w, s.clone());
+                self.workers_seen.insert(w);
                 self.unsettled.insert(r.unit.index);
                 let evidence = RevealEvidence {
                     worker: w,
@@ -724,8 +724,9 @@ impl ProjectState {
             if since.is_none() {
                 opened.push(*index);
             }
-            let aged = since.is_some_and(|t| now_ms.saturating_sub(t) >= JOIN_GRACE_MS);
-            if aged || self.designated_joiner(me, *index, recs, slots) {
+            // A clock stepped back counts as aged, not as hours to wait.
+            let aged = since.is_some_and(|t| now_ms < t || now_ms - t >= JOIN_GRACE_MS);
+            if aged || self.designated_joiner(me, *index, recs, slots, outcome) {
                 best = Some((*pos, *index));
             } else if fallback.is_none_or(|(p, _)| *pos < p) {
                 fallback = Some((*pos, *index));
@@ -769,6 +770,7 @@ impl ProjectState {
         index: u64,
         recs: Option<&UnitRecords>,
         k: usize,
+        outcome: &Outcome,
     ) -> bool {
         let Some(seed) = self
             .specs
@@ -781,11 +783,24 @@ impl ProjectState {
             project: self.id,
             index,
         };
+        // Only workers that may take the unit: not proven faulty, and
+        // veterans where only a veteran will do.
+        let needs_veteran = matches!(
+            outcome.verdicts.get(&unit),
+            Some(Verdict::Pending {
+                need: Need::VeteranReplica,
+                ..
+            })
+        );
+        let eligible = |w: &SignerKey| {
+            !outcome.faulty.contains_key(w)
+                && (!needs_veteran || outcome.is_veteran(w, &self.policy))
+        };
         let mine = assignment::rank(seed, &unit, me);
         let ahead = self
             .workers_seen
             .iter()
-            .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)))
+            .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)) && eligible(w))
             .filter(|w| assignment::rank(seed, &unit, w) < mine)
             .take(k)
             .count();
@@ -1006,13 +1021,17 @@ mod tests {
                 let aged = state
                     .open_since
                     .get(&index)
-                    .is_some_and(|t| now_ms.saturating_sub(*t) >= JOIN_GRACE_MS);
+                    .is_some_and(|t| now_ms < *t || now_ms - *t >= JOIN_GRACE_MS);
                 let seed = state.seeds[&state.specs[&index].0];
                 let mine = assignment::rank(&seed, &unit, me);
                 let ahead = state
                     .workers_seen
                     .iter()
                     .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)))
+                    .filter(|w| {
+                        !outcome.faulty.contains_key(*w)
+                            && (!needs_veteran || outcome.is_veteran(w, &state.policy))
+                    })
                     .filter(|w| assignment::rank(&seed, &unit, w) < mine)
                     .count();
                 aged || ahead < slots
@@ -1266,11 +1285,11 @@ mod tests {
         }
         assert_eq!(ws[b].state.outcome().faulty.len(), 1, "d proven faulty");
         let busy = BTreeSet::new();
-        // Re-opened, `first` goes first to the worker designated to join it
-        // (c or b, by rank); once it has been open for the grace, to b in
-        // any case.
+        // Re-opened, `first` goes to b: as its designated joiner, or, with
+        // no fresh unit left to open instead, as the fallback; and after
+        // the grace in any case.
         let expect = reference(&mut ws[b].state.clone(), &me_b, now, 0, &busy);
-        assert!(expect.as_ref().is_none_or(|o| o.unit.index == first));
+        assert_eq!(expect.as_ref().map(|o| o.unit.index), Some(first));
         assert_eq!(ws[b].state.next_work(&me_b, now, 0, &busy), expect);
         let later = now + JOIN_GRACE_MS;
         let expect = reference(&mut ws[b].state.clone(), &me_b, later, 0, &busy);
