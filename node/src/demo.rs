@@ -40,8 +40,7 @@ pub struct DemoConfig {
 /// 2-core dev machine, ~3 s for the whole demo. With units of a few
 /// milliseconds the first two volunteers to start (each waits up to half a
 /// second before its first pick) could finish all 60 units before the
-/// others began, and in a third of the runs the saboteur never got a unit
-/// to be caught on.
+/// others began: in 4 of 6 runs the saboteur got no unit to be caught on.
 pub const DEFAULT_RANGE: u64 = 10_000_000;
 
 impl Default for DemoConfig {
