@@ -160,9 +160,14 @@ pub struct ProjectState {
     /// Bumped whenever the verdicts may have changed (see
     /// [`ProjectState::verdicts_revision`]).
     verdicts_revision: u64,
-    /// Every worker with a claim, commit or reveal in the project: who may
-    /// be designated to join a started unit (see [`JOIN_GRACE_MS`]).
-    workers_seen: BTreeSet<SignerKey>,
+    /// Every worker with a claim, commit or reveal in the project, and the
+    /// value of `activity_clock` at its latest: who may be designated to
+    /// join a started unit, while recently active (see [`JOIN_GRACE_MS`]).
+    workers_seen: BTreeMap<SignerKey, u64>,
+    /// Counts the new claims, commits and reveals applied: a clock that
+    /// runs at the project's own pace, so "recently" means the same for
+    /// second-long and hour-long units.
+    activity_clock: u64,
     /// When `next_work` first found each started unit open to join, by
     /// the clock it is given: anyone may join it once [`JOIN_GRACE_MS`]
     /// have passed.
@@ -185,6 +190,13 @@ pub struct ProjectState {
 /// or gone), anyone may join after this grace. Long units lose little:
 /// their workers are rarely free at the same moment.
 pub const JOIN_GRACE_MS: u64 = 100;
+
+/// A worker counts as active for designation while it has a record among
+/// the project's latest this many per worker seen (about five units' worth
+/// of claims, commits and reveals each)...
+const ACTIVE_RECORDS_PER_WORKER: u64 = 16;
+/// ...and never fewer than this many.
+const ACTIVE_RECORDS_MIN: u64 = 256;
 
 impl ProjectState {
     /// Starts tracking the project whose signed manifest is `manifest`.
@@ -214,7 +226,8 @@ impl ProjectState {
             unsettled_stale: false,
             unsettled_pruned: 0,
             verdicts_revision: 0,
-            workers_seen: BTreeSet::new(),
+            workers_seen: BTreeMap::new(),
+            activity_clock: 0,
             open_since: HashMap::new(),
         })
     }
@@ -281,6 +294,25 @@ impl ProjectState {
         Ok(Applied::New)
     }
 
+    /// Notes a new record of worker `w` (fields passed apart: callers hold a
+    /// unit's records borrowed).
+    fn saw(clock: &mut u64, seen: &mut BTreeMap<SignerKey, u64>, w: SignerKey) {
+        *clock += 1;
+        seen.insert(w, *clock);
+    }
+
+    /// Whether a worker whose latest record came at `last` on the activity
+    /// clock is still active: within the last [`ACTIVE_RECORDS_PER_WORKER`]
+    /// records per worker seen (at least [`ACTIVE_RECORDS_MIN`]). One that
+    /// left, or a throwaway identity that made one claim, stops being
+    /// designated once the others have each done a few units.
+    fn is_active(&self, last: u64) -> bool {
+        let window = (self.workers_seen.len() as u64)
+            .saturating_mul(ACTIVE_RECORDS_PER_WORKER)
+            .max(ACTIVE_RECORDS_MIN);
+        self.activity_clock.saturating_sub(last) <= window
+    }
+
     fn check_unit(&self, unit: &UnitRef) -> Result<(), RecordError> {
         if unit.project != self.id {
             return Err(RecordError::WrongProject {
@@ -319,7 +351,6 @@ impl ProjectState {
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
-                self.workers_seen.insert(w);
                 let newer = recs
                     .claim_expiry
                     .get(&w)
@@ -329,6 +360,7 @@ impl ProjectState {
                 }
                 recs.claims.insert(w, s.clone());
                 recs.claim_expiry.insert(w, c.lease_until_ms);
+                Self::saw(&mut self.activity_clock, &mut self.workers_seen, w);
                 self.unsettled.insert(c.unit.index);
                 Ok(Applied::New)
             }
@@ -337,12 +369,12 @@ impl ProjectState {
                 self.check_unit(&c.unit)?;
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &c.unit, &w)?;
-                self.workers_seen.insert(w);
                 if recs.commits.contains_key(&w) {
                     // A second, different commit is equivocation; the first
                     // one stands and the reveal must open it.
                     return Ok(Applied::Duplicate);
                 }
+                Self::saw(&mut self.activity_clock, &mut self.workers_seen, w);
                 recs.commits.insert(w, s.clone());
                 recs.seals.insert(w, c.seal);
                 self.unsettled.insert(c.unit.index);
@@ -382,7 +414,7 @@ impl ProjectState {
                     return Ok(Applied::Duplicate);
                 }
                 recs.reveals.insert(w, s.clone());
-                self.workers_seen.insert(w);
+                Self::saw(&mut self.activity_clock, &mut self.workers_seen, w);
                 self.unsettled.insert(r.unit.index);
                 let evidence = RevealEvidence {
                     worker: w,
@@ -800,8 +832,13 @@ impl ProjectState {
         let ahead = self
             .workers_seen
             .iter()
-            .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)) && eligible(w))
-            .filter(|w| assignment::rank(seed, &unit, w) < mine)
+            .filter(|(w, last)| {
+                *w != me
+                    && self.is_active(**last)
+                    && !recs.is_some_and(|r| r.involves(w))
+                    && eligible(w)
+            })
+            .filter(|(w, _)| assignment::rank(seed, &unit, w) < mine)
             .take(k)
             .count();
         ahead < k
@@ -1024,15 +1061,21 @@ mod tests {
                     .is_some_and(|t| now_ms < *t || now_ms - *t >= JOIN_GRACE_MS);
                 let seed = state.seeds[&state.specs[&index].0];
                 let mine = assignment::rank(&seed, &unit, me);
+                let window = (state.workers_seen.len() as u64 * ACTIVE_RECORDS_PER_WORKER)
+                    .max(ACTIVE_RECORDS_MIN);
                 let ahead = state
                     .workers_seen
                     .iter()
-                    .filter(|w| *w != me && !recs.is_some_and(|r| r.involves(w)))
-                    .filter(|w| {
+                    .filter(|(w, last)| {
+                        *w != me
+                            && state.activity_clock - **last <= window
+                            && !recs.is_some_and(|r| r.involves(w))
+                    })
+                    .filter(|(w, _)| {
                         !outcome.faulty.contains_key(*w)
                             && (!needs_veteran || outcome.is_veteran(w, &state.policy))
                     })
-                    .filter(|w| assignment::rank(&seed, &unit, w) < mine)
+                    .filter(|(w, _)| assignment::rank(&seed, &unit, w) < mine)
                     .count();
                 aged || ahead < slots
             };
@@ -1206,6 +1249,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A worker that went quiet stops holding the designated place on the
+    /// units it ranks first for, once the others have done enough since.
+    #[test]
+    fn a_worker_gone_quiet_is_no_longer_designated() {
+        let mut ws = workers(3, 40, 0, 0);
+        let (a, b, d) = (0, 1, 2);
+        let claim = |ws: &mut Vec<Worker>, w: usize, index: u64, at: u64| {
+            let order = ws[w].state.work_order(index, false).expect("unit");
+            let c = ws[w].state.claim(&ws[w].key, &order, at).expect("claim");
+            broadcast(ws, &Gossip::Claim(c.expect("not an audit")));
+        };
+        // All three claim unit 39 (full from then on): d's only record.
+        for w in [d, a, b] {
+            claim(&mut ws, w, 39, 0);
+        }
+        // A unit `a` starts for which d, not b, is the designated joiner.
+        let project = ws[0].state.id;
+        let rank = |w: usize, index: u64| {
+            assignment::rank(&[7; 32], &UnitRef { project, index }, &ws[w].me)
+        };
+        let y = (0..39u64)
+            .find(|i| rank(d, *i) < rank(b, *i))
+            .expect("d outranks b somewhere");
+        claim(&mut ws, a, y, 0);
+        let me_b = ws[b].me;
+        let pick = |ws: &Vec<Worker>| {
+            ws[b]
+                .state
+                .clone()
+                .next_work(&me_b, 10, 0, &BTreeSet::new())
+                .map(|o| o.unit.index)
+        };
+        // d active: b leaves y to it and opens a fresh unit.
+        let first = pick(&ws).expect("work");
+        assert_ne!(first, y);
+        assert_ne!(first, 39);
+        // a and b go on (later leases are new records); d stays quiet.
+        for t in 1..=200u64 {
+            claim(&mut ws, a, y, t);
+            claim(&mut ws, b, 39, t);
+        }
+        assert_eq!(pick(&ws), Some(y), "b joins y once d counts as gone");
     }
 
     /// A unit validated with a worker later proven faulty re-opens; a
