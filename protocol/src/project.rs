@@ -554,10 +554,7 @@ impl ProjectState {
             project: self.id,
             index,
         };
-        matches!(
-            self.outcome().verdicts.get(&unit),
-            Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
-        )
+        self.outcome().is_settled(&unit)
     }
 
     /// Whether every unit received so far is validated with an output to
@@ -640,15 +637,11 @@ impl ProjectState {
             .as_ref()
             .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
-        let settled = |index: u64| {
-            matches!(
-                outcome.verdicts.get(&UnitRef {
-                    project: self.id,
-                    index,
-                }),
-                Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
-            )
+        let unit_ref = |index: u64| UnitRef {
+            project: self.id,
+            index,
         };
+        let settled = |index: u64| outcome.is_settled(&unit_ref(index));
         let is_started = |recs: Option<&UnitRecords>| {
             recs.is_some_and(|r| r.workers() > 0 || !r.reveals.is_empty())
         };
@@ -668,17 +661,7 @@ impl ProjectState {
             if busy.contains(&index) || recs.is_some_and(|r| r.involves(me)) {
                 return false;
             }
-            let needs_veteran = matches!(
-                outcome.verdicts.get(&UnitRef {
-                    project: self.id,
-                    index,
-                }),
-                Some(Verdict::Pending {
-                    need: Need::VeteranReplica,
-                    ..
-                })
-            );
-            veteran || !needs_veteran
+            veteran || !outcome.needs_veteran(&unit_ref(index))
         };
         // How many more replicas `index` wants from `me`.
         let open = |index: u64, recs: Option<&UnitRecords>| -> usize {
@@ -817,13 +800,7 @@ impl ProjectState {
         };
         // Only workers that may take the unit: not proven faulty, and
         // veterans where only a veteran will do.
-        let needs_veteran = matches!(
-            outcome.verdicts.get(&unit),
-            Some(Verdict::Pending {
-                need: Need::VeteranReplica,
-                ..
-            })
-        );
+        let needs_veteran = outcome.needs_veteran(&unit);
         let eligible = |w: &SignerKey| {
             !outcome.faulty.contains_key(w)
                 && (!needs_veteran || outcome.is_veteran(w, &self.policy))
@@ -1061,15 +1038,11 @@ mod tests {
                     .is_some_and(|t| now_ms < *t || now_ms - *t >= JOIN_GRACE_MS);
                 let seed = state.seeds[&state.specs[&index].0];
                 let mine = assignment::rank(&seed, &unit, me);
-                let window = (state.workers_seen.len() as u64 * ACTIVE_RECORDS_PER_WORKER)
-                    .max(ACTIVE_RECORDS_MIN);
                 let ahead = state
                     .workers_seen
                     .iter()
                     .filter(|(w, last)| {
-                        *w != me
-                            && state.activity_clock - **last <= window
-                            && !recs.is_some_and(|r| r.involves(w))
+                        *w != me && state.is_active(**last) && !recs.is_some_and(|r| r.involves(w))
                     })
                     .filter(|(w, _)| {
                         !outcome.faulty.contains_key(*w)

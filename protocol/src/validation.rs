@@ -269,6 +269,28 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Whether `unit` is validated with an output to collect (a spot check
+    /// validated by its known answer alone, with no agreeing worker, still
+    /// wants a replica).
+    pub fn is_settled(&self, unit: &UnitRef) -> bool {
+        matches!(
+            self.verdicts.get(unit),
+            Some(Verdict::Validated { workers, .. }) if !workers.is_empty()
+        )
+    }
+
+    /// Whether `unit` waits for a veteran's replica (probation): only a
+    /// veteran may take it.
+    pub fn needs_veteran(&self, unit: &UnitRef) -> bool {
+        matches!(
+            self.verdicts.get(unit),
+            Some(Verdict::Pending {
+                need: Need::VeteranReplica,
+                ..
+            })
+        )
+    }
+
     /// Whether `worker` counts as a veteran under `policy`.
     pub fn is_veteran(&self, worker: &SignerKey, policy: &ValidationPolicy) -> bool {
         !self.faulty.contains_key(worker)
