@@ -189,7 +189,7 @@ pub fn decode_versioned<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     max: usize,
 ) -> Result<T, DecodeError> {
-    let value = decode_versioned_form(bytes, max)?;
+    let value = decode_versioned_canonical(bytes, max)?;
     match encode_versioned(&value, usize::MAX) {
         Ok(again) if again == bytes => Ok(value),
         _ => Err(DecodeError::NonCanonical),
@@ -201,15 +201,10 @@ pub fn decode_versioned<T: Serialize + DeserializeOwned>(
 /// re-encoding that proves it, half the cost of a decode. Every other
 /// check still runs. Crate-private: only an envelope that remembers how
 /// its own, immutable payload decoded may vouch for it.
-pub(crate) fn decode_versioned_canonical<T: Serialize + DeserializeOwned>(
+pub(crate) fn decode_versioned_canonical<T: DeserializeOwned>(
     bytes: &[u8],
     max: usize,
 ) -> Result<T, DecodeError> {
-    decode_versioned_form(bytes, max)
-}
-
-/// Decodes a versioned message without checking that it is canonical.
-fn decode_versioned_form<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
     check_size(bytes, max)?;
     match bytes.first() {
         Some(&ARRAY_OF_TWO) => {}

@@ -415,25 +415,18 @@ fn signed_message(domain: &str, payload: &[u8]) -> Vec<u8> {
 impl<T: SignedPayload> Signed<T> {
     /// Signs `value` with `keypair` (ed25519).
     pub fn sign(keypair: &Keypair, value: &T) -> Result<Self, SignError> {
-        let signer = SignerKey::of(keypair)?;
-        let payload = codec::encode_versioned(value, T::MAX_PAYLOAD)?;
-        debug_assert_canonical::<T>(&payload);
-        let signature = keypair
-            .sign(&signed_message(T::DOMAIN, &payload))
+        let mut signed = Self::unsigned(keypair, value)?;
+        signed.signature = keypair
+            .sign(&signed_message(T::DOMAIN, &signed.payload))
             .map_err(|e| SignError::Signing(e.to_string()))?;
         // Signed here, with the signer's own key, over a payload just
         // encoded here: valid and canonical by construction.
-        Ok(Self {
-            payload,
-            signer,
-            signature,
-            batch: None,
-            checked: OnceLock::from(()),
-            _type: PhantomData,
-        })
+        let _ = signed.checked.set(());
+        Ok(signed)
     }
 
-    /// `value`'s envelope with no signature yet, for [`sign_batch`] to sign.
+    /// `value`'s envelope with no signature yet, for [`Signed::sign`] or
+    /// [`sign_batch`] to sign.
     fn unsigned(keypair: &Keypair, value: &T) -> Result<Self, SignError> {
         let payload = codec::encode_versioned(value, T::MAX_PAYLOAD)?;
         debug_assert_canonical::<T>(&payload);
