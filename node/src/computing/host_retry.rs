@@ -8,13 +8,13 @@
 //! it retry at once: a hidden audit leaves no claim to keep it from being
 //! picked again, in a loop for as long as the trouble lasts. So each unit
 //! waits, doubling from [`HOST_RETRY_FIRST`] to [`HOST_RETRY_MAX`] with each
-//! failure in a row, and is released once. A hidden audit, or a unit that
-//! failed before its claim was made, goes back to `schedule`'s pick, which
-//! offers it again only while it still wants replicas; a unit this node
-//! claimed is one `next_work` will never offer it again (it is already
-//! involved), so the computing layer queues it to run again itself,
-//! renewing its claim if the lease ran out. A computed result the node
-//! could not store waits the same way.
+//! failure in a row, and is released once. A unit this node is not
+//! involved in (a hidden audit, or one that failed before its claim was
+//! made) goes back to `schedule`'s pick, which offers it again only while
+//! it still wants replicas; a unit this node claimed is one `next_work`
+//! will never offer it again, so the computing layer queues it to run again
+//! itself, renewing its claim if the lease ran out. A computed result the
+//! node could not store waits the same way.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,26 +26,19 @@ pub const HOST_RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub struct HostRetries {
-    /// By unit index: when it is released (None once it has been), the
-    /// wait that led there, and whether it is a hidden audit.
-    units: HashMap<u64, (Option<Instant>, Duration, bool)>,
-}
-
-/// A unit whose wait is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Released {
-    pub unit: u64,
-    pub audit: bool,
+    /// By unit index: when it is released (None once it has been), and the
+    /// wait that led there.
+    units: HashMap<u64, (Option<Instant>, Duration)>,
 }
 
 impl HostRetries {
     /// The unit failed on this host at `now`: returns how long it waits.
-    pub fn failed(&mut self, unit: u64, audit: bool, now: Instant) -> Duration {
+    pub fn failed(&mut self, unit: u64, now: Instant) -> Duration {
         let wait = self
             .units
             .get(&unit)
-            .map_or(HOST_RETRY_FIRST, |(_, w, _)| (*w * 2).min(HOST_RETRY_MAX));
-        self.units.insert(unit, (Some(now + wait), wait, audit));
+            .map_or(HOST_RETRY_FIRST, |(_, w)| (*w * 2).min(HOST_RETRY_MAX));
+        self.units.insert(unit, (Some(now + wait), wait));
         wait
     }
 
@@ -57,15 +50,12 @@ impl HostRetries {
 
     /// The units whose wait is over at `now`, each returned once: a unit
     /// picked again is busy because it runs, and must stay so.
-    pub fn release_due(&mut self, now: Instant) -> Vec<Released> {
+    pub fn release_due(&mut self, now: Instant) -> Vec<u64> {
         let mut due = Vec::new();
-        for (unit, (at, _, audit)) in &mut self.units {
+        for (unit, (at, _)) in &mut self.units {
             if at.is_some_and(|t| t <= now) {
                 *at = None;
-                due.push(Released {
-                    unit: *unit,
-                    audit: *audit,
-                });
+                due.push(*unit);
             }
         }
         due
@@ -75,7 +65,7 @@ impl HostRetries {
     /// here again: their waits would otherwise stay on record for good.
     pub fn forget_settled(&mut self, mut settled: impl FnMut(u64) -> bool) {
         self.units
-            .retain(|unit, (at, _, _)| at.is_some() || !settled(*unit));
+            .retain(|unit, (at, _)| at.is_some() || !settled(*unit));
     }
 }
 
@@ -87,68 +77,46 @@ mod tests {
     fn a_unit_is_released_once_after_a_wait_that_doubles_up_to_the_cap() {
         let mut r = HostRetries::default();
         let t0 = Instant::now();
-        assert_eq!(r.failed(7, false, t0), HOST_RETRY_FIRST);
+        assert_eq!(r.failed(7, t0), HOST_RETRY_FIRST);
         assert!(r.release_due(t0).is_empty(), "not before its wait");
         let t1 = t0 + HOST_RETRY_FIRST;
-        assert_eq!(
-            r.release_due(t1),
-            vec![Released {
-                unit: 7,
-                audit: false
-            }]
-        );
+        assert_eq!(r.release_due(t1), vec![7]);
         assert!(
             r.release_due(t1 + HOST_RETRY_MAX).is_empty(),
             "released once"
         );
-        assert_eq!(r.failed(7, false, t1), HOST_RETRY_FIRST * 2, "doubles");
+        assert_eq!(r.failed(7, t1), HOST_RETRY_FIRST * 2, "doubles");
         let mut wait = HOST_RETRY_FIRST * 2;
         for _ in 0..10 {
-            wait = r.failed(7, false, t1);
+            wait = r.failed(7, t1);
         }
         assert_eq!(wait, HOST_RETRY_MAX, "capped");
         r.ran(7);
-        assert_eq!(
-            r.failed(7, false, t1),
-            HOST_RETRY_FIRST,
-            "a run starts over"
-        );
+        assert_eq!(r.failed(7, t1), HOST_RETRY_FIRST, "a run starts over");
     }
 
     #[test]
     fn units_wait_independently() {
         let mut r = HostRetries::default();
         let t0 = Instant::now();
-        r.failed(1, false, t0);
-        r.failed(1, false, t0 + HOST_RETRY_FIRST); // second failure: waits 10 s
-        r.failed(2, true, t0 + HOST_RETRY_FIRST); // first: waits 5 s
-        assert_eq!(
-            r.release_due(t0 + HOST_RETRY_FIRST * 2),
-            vec![Released {
-                unit: 2,
-                audit: true
-            }]
-        );
-        assert_eq!(
-            r.release_due(t0 + HOST_RETRY_FIRST * 3),
-            vec![Released {
-                unit: 1,
-                audit: false
-            }]
-        );
+        r.failed(1, t0);
+        r.failed(1, t0 + HOST_RETRY_FIRST); // second failure: waits 10 s
+        r.failed(2, t0 + HOST_RETRY_FIRST); // first: waits 5 s
+        assert_eq!(r.release_due(t0 + HOST_RETRY_FIRST * 2), vec![2]);
+        assert_eq!(r.release_due(t0 + HOST_RETRY_FIRST * 3), vec![1]);
     }
 
     #[test]
     fn released_units_are_forgotten_once_settled_and_waiting_ones_kept() {
         let mut r = HostRetries::default();
         let t0 = Instant::now();
-        r.failed(1, false, t0);
-        r.failed(2, false, t0 + HOST_RETRY_MAX);
+        r.failed(1, t0);
+        r.failed(2, t0 + HOST_RETRY_MAX);
         assert_eq!(r.release_due(t0 + HOST_RETRY_FIRST).len(), 1);
         r.forget_settled(|_| true);
         // Unit 1 (released, settled) is gone: its next failure starts over.
-        assert_eq!(r.failed(1, false, t0), HOST_RETRY_FIRST);
+        assert_eq!(r.failed(1, t0), HOST_RETRY_FIRST);
         // Unit 2 still waits: not forgotten while its wait runs.
-        assert_eq!(r.failed(2, false, t0), HOST_RETRY_FIRST * 2);
+        assert_eq!(r.failed(2, t0), HOST_RETRY_FIRST * 2);
     }
 }

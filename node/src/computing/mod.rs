@@ -327,8 +327,6 @@ struct JobDone {
     project: ProjectId,
     unit: UnitRef,
     result: Result<(Vec<u8>, u64), JobError>,
-    /// Whether it ran as a hidden audit (no claim of this node's shows it).
-    audit: bool,
     /// CPU time the run took on its thread (None where unknown or where
     /// it never ran).
     cpu: Option<Duration>,
@@ -740,11 +738,13 @@ impl Worker {
     }
 
     /// Frees the units whose host-error wait is over (their wait stays on
-    /// record, to double if they fail again). A hidden audit goes back to
-    /// `schedule`'s pick. A claimed unit never would: `next_work` does not
-    /// offer a unit this node is involved in. So it is queued to run again
-    /// here, under a renewed claim if its lease ran out meanwhile, unless
-    /// others have settled it.
+    /// record, to double if they fail again). A unit this node is not
+    /// involved in (a hidden audit, or one that failed before its claim was
+    /// due) goes back to `schedule`'s pick, which offers it again only while
+    /// it still wants replicas. A claimed unit never would: `next_work` does
+    /// not offer a unit this node is involved in. So it is queued to run
+    /// again here, under a renewed claim if its lease ran out meanwhile,
+    /// unless others have settled it.
     async fn release_host_retries(&mut self) {
         let now = tokio::time::Instant::now();
         let now_ms = now_ms();
@@ -754,23 +754,16 @@ impl Worker {
                 continue;
             };
             let mut renewed = Vec::new();
-            for r in f.host_retry.release_due(now) {
-                f.busy.remove(&r.unit);
-                tracing::debug!(
-                    unit = r.unit,
-                    audit = r.audit,
-                    "trying a unit again after a host error"
-                );
-                // A unit this node never claimed (an audit, or one that
-                // failed before its claim was due) goes back to `next_work`,
-                // which offers it again only while it still wants replicas.
-                if r.audit || !f.state.involves(&self.me, r.unit) || f.state.is_settled(r.unit) {
+            for unit in f.host_retry.release_due(now) {
+                f.busy.remove(&unit);
+                tracing::debug!(unit, "trying a unit again after a host error");
+                if !f.state.involves(&self.me, unit) || f.state.is_settled(unit) {
                     continue;
                 }
-                let Some(order) = f.state.work_order(r.unit, false) else {
+                let Some(order) = f.state.work_order(unit, false) else {
                     continue;
                 };
-                if !f.state.is_unfinished_by(&self.me, r.unit, now_ms) {
+                if !f.state.is_unfinished_by(&self.me, unit, now_ms) {
                     // The lease ran out and nothing was committed: claim
                     // it again (a later lease supersedes the old claim).
                     match apply_own_claim(&mut f.state, &self.config.keypair, &order, now_ms) {
@@ -992,7 +985,6 @@ impl Worker {
         let tx = self.jobs_tx.clone();
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
-        let audit = order.audit;
         let faults_left = self.host_faults_left.get();
         let injected_fault = faults_left > 0;
         // Counting down from `host_faults`: the first strikes late.
@@ -1082,7 +1074,6 @@ impl Worker {
                     project,
                     unit,
                     result,
-                    audit,
                     cpu,
                 })
                 .await;
@@ -1112,9 +1103,9 @@ impl Worker {
             Err(JobError::Host(e)) => {
                 // Not the unit's fault, so not counted as failed; it stays
                 // busy here until its wait is over (see host_retry.rs).
-                let wait =
-                    f.host_retry
-                        .failed(done.unit.index, done.audit, tokio::time::Instant::now());
+                let wait = f
+                    .host_retry
+                    .failed(done.unit.index, tokio::time::Instant::now());
                 tracing::warn!(project = %done.project.short(), unit = done.unit.index, error = %e,
                     retry_in_s = wait.as_secs(), "unit not run on this host; it stays open");
                 return;
@@ -1137,7 +1128,7 @@ impl Worker {
             && let Err(e) = self.client.put_blob(output).await
         {
             tracing::warn!(error = %e, "cannot store a unit's output");
-            self.result_not_kept(done.project, done.unit.index, done.audit);
+            self.result_not_kept(done.project, done.unit.index);
             return;
         }
         let Some(f) = self.projects.get_mut(&done.project) else {
@@ -1167,7 +1158,7 @@ impl Worker {
                         // (any claim lapses and the unit goes to others).
                         tracing::warn!(project = %project.short(), unit = index, error = %e,
                             "result dropped: its reveal could not be stored");
-                        self.result_not_kept(project, index, done.audit);
+                        self.result_not_kept(project, index);
                         return;
                     }
                 }
@@ -1193,11 +1184,10 @@ impl Worker {
     /// not stored): the host's trouble, so the unit waits and runs again as
     /// one hit by a host error would, instead of being picked again at once,
     /// in a loop for as long as the disk is full.
-    fn result_not_kept(&mut self, project: ProjectId, index: u64, audit: bool) {
+    fn result_not_kept(&mut self, project: ProjectId, index: u64) {
         if let Some(f) = self.projects.get_mut(&project) {
             f.busy.insert(index);
-            f.host_retry
-                .failed(index, audit, tokio::time::Instant::now());
+            f.host_retry.failed(index, tokio::time::Instant::now());
         }
     }
 
