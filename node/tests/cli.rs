@@ -1,6 +1,6 @@
 //! The `formic` binary's contract with users and scripts: the subcommands
-//! `--help` lists, a stable identity per data directory, and exit code 2 for
-//! capabilities that have not landed.
+//! `--help` lists, a stable identity per data directory, and clear errors
+//! (exit code 1) for a corrupt identity file or an out-of-range flag.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,12 +13,12 @@ fn formic() -> Command {
 }
 
 #[test]
-fn help_lists_the_eight_subcommands() {
+fn help_lists_the_nine_subcommands() {
     let out = formic().arg("--help").output().expect("run formic --help");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for sub in [
-        "node", "exec", "publish", "status", "results", "pause", "resume", "demo",
+        "node", "exec", "publish", "status", "results", "pause", "resume", "demo", "service",
     ] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(sub)),
@@ -27,7 +27,7 @@ fn help_lists_the_eight_subcommands() {
     }
     // Each subcommand has help of its own that says what it is for.
     for sub in [
-        "node", "exec", "publish", "status", "results", "pause", "resume", "demo",
+        "node", "exec", "publish", "status", "results", "pause", "resume", "demo", "service",
     ] {
         let out = formic()
             .args([sub, "--help"])
