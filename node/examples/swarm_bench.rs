@@ -1,4 +1,5 @@
-//! Swarm benchmarks of issue 5, over real loopback sockets in one process:
+//! Swarm benchmarks of the README's figures, over real loopback sockets in
+//! one process:
 //!
 //! - swarm efficiency: validated units/s ÷ (cores ÷ unit CPU time ÷
 //!   replication), with units of about `--unit-ms` of CPU each;
@@ -113,8 +114,9 @@ fn main() {
             // units one at a time (the headline); each run's thread CPU time
             // in the swarm, as the volunteers report it; and each unit's fuel
             // at the calibration run's fuel rate. The last is how the figure
-            // was estimated before session 5, with the calibration at 0: the
-            // fuel rate falls as the numbers grow, so that read 0.71.
+            // was once estimated, with the calibration at 0: the fuel rate
+            // falls as the numbers grow, so that read 0.71 (see
+            // docs/benchmarks.md).
             let validated = report.state.validated();
             let fuel_cpu: f64 = validated
                 .iter()
@@ -142,7 +144,7 @@ fn main() {
                 report.validated,
                 report.wall_time.as_secs_f64()
             );
-            // The unit CPU time the issue's formula divides by, three ways:
+            // The unit CPU time the efficiency formula divides by, three ways:
             // the same units run alone is the headline; in the swarm shows
             // how busy the cores were with units (the protocol's share is
             // the rest); from fuel is the estimate used before.

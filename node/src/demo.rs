@@ -309,9 +309,9 @@ pub async fn run(
                 config.timeout
             )));
         }
-        // Finer until the first validated result is seen: that figure is
-        // one of issue 5's goals (the volunteers' status itself moves on
-        // their 100 ms tick). After that, at each refresh of the
+        // Finer until the first validated result is seen: publish → first
+        // validated result is one of the README's figures, with a goal of
+        // 2 s (the volunteers' status itself moves on their 100 ms tick). After that, at each refresh of the
         // researcher's progress: a fixed 250 ms poll made the time to
         // completion up to 250 ms late, ~10 % of a 1,000-unit ceiling run.
         if first_validated.is_none() {

@@ -2,8 +2,12 @@
 //! and the multi-node tests in `tests/` start nodes through it in-process.
 //!
 //! Layers (see docs/ARCHITECTURE.md): `cli` and `commands` are the edge where
-//! `anyhow` is used; `identity` and `data_dir` own files in the data
-//! directory; the network, store and governor modules arrive with their issues.
+//! `anyhow` is used; `session` starts a node and its computing layer
+//! together; `network` owns the libp2p swarm and `computing` every followed
+//! project's state; `governor` and `compute_pool` decide when and where
+//! units run; `blob_store`, `state_store`, `identity` and `data_dir` own
+//! files in the data directory; `owner`, `spot_checks` and `collect` are the
+//! project owner's and the researcher's sides; `api` serves `formic status`.
 
 pub mod api;
 pub mod blob_store;

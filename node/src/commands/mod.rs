@@ -1,8 +1,11 @@
 //! One module per subcommand. Each exposes its clap `Args` and a `run`
 //! returning the process exit code; `dispatch` picks one.
 //!
-//! Exit codes are a contract: 0 success, 1 an error (for `exec`, a unit
-//! error), 2 a capability whose issue has not landed yet.
+//! Exit codes are a contract: 0 success; 1 an error (for `exec`, a unit
+//! error; for `demo`, a run that left a unit unvalidated or accepted a
+//! wrong result); 2 a command line that clap rejects (its usage error,
+//! before any subcommand runs); 3 `results` wrote its folder but not every
+//! unit is validated yet ([`results::EXIT_INCOMPLETE`]).
 
 pub mod demo;
 pub mod exec;

@@ -2,15 +2,17 @@
 //! node talks to it through a typed [`NetworkClient`] and hears from it
 //! through [`NetworkEvent`]s.
 //!
-//! What runs here (see docs/ARCHITECTURE.md, "Networking"):
+//! What runs here (see docs/ARCHITECTURE.md, "The network layer"):
 //! - transports TCP and QUIC with noise, yamux and DNS;
 //! - identify feeding Kademlia (`/formic/kad/1.0.0`) by hand, only for peers
 //!   that speak it; Kademlia in client mode until an external address is
 //!   confirmed, or server mode when forced (bootstrap nodes, LANs);
-//! - gossipsub with signed messages, one explicit size cap on every peer,
-//!   message id = blake3 of the data, manual validation (decode + signature
-//!   → Accept / Reject / Ignore) and peer scoring, plus a bounded queue that
-//!   retries publishing until peers subscribe;
+//! - gossipsub with anonymous messages (every record carries its author's
+//!   own signature), one explicit size cap on every peer, message id =
+//!   blake3 of the data, manual validation (decode + signature → Accept /
+//!   Reject / Ignore) and peer scoring, records gathered into bundles per
+//!   topic (`outbox`), plus a bounded queue that retries publishing until
+//!   peers subscribe;
 //! - the blob exchange (chunked, blake3-verified, providers in Kademlia) and
 //!   pull-sync of per-project records, both request-response protocols with
 //!   Formic's canonical codec;
@@ -18,7 +20,8 @@
 //!   outside the gossip mesh, a memory ceiling, and a block list for peers
 //!   that keep sending malformed messages.
 //!
-//! Every channel is bounded. Events are dropped (and counted) rather than
+//! Every channel between tasks is bounded, except the record journal to the
+//! state store's writer thread. Events are dropped (and counted) rather than
 //! blocking the swarm when the node does not keep up: the record store is
 //! the authoritative copy and pull-sync recovers anything missed.
 

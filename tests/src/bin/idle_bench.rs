@@ -18,7 +18,7 @@
 //! /proc/PID/status, every second) and CPU time (utime + stime from
 //! /proc/PID/stat, at both ends, also per thread name to show where it
 //! goes). It does the same for one ordinary member as a second figure.
-//! Goals (issue #6): RSS ≤ 25 MB and CPU ≤ 0.5 % of one core.
+//! Goals (the README's figures): RSS ≤ 25 MB and CPU ≤ 0.5 % of one core.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Network scale benchmark (not a test): N peers spread over several
-//! processes, as issue 4 asks for N = 300 and 1,000. Run with
+//! processes, up to N = 1,000 on one machine. Run with
 //!
 //! ```sh
 //! cargo run --release -p formic-tests --bin scale_bench -- --peers 300 --procs 15
