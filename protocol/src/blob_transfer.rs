@@ -35,25 +35,49 @@ pub const MAX_BLOB_RESPONSE_BYTES: usize = CHUNK_SIZE + 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobRequest {
     /// The size and chunk digests of blob `id`.
-    Manifest { id: ContentId },
+    Manifest {
+        /// The blob asked for.
+        id: ContentId,
+    },
     /// Chunk number `index` (from 0) of blob `id`.
-    Chunk { id: ContentId, index: u32 },
+    Chunk {
+        /// The blob the chunk belongs to.
+        id: ContentId,
+        /// Which chunk, counted from 0.
+        index: u32,
+    },
 }
 
 /// A blob's size and the blake3 digest of each of its chunks, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobManifest {
+    /// The blob's length in bytes.
     pub size: u64,
+    /// The blake3 digest of each [`CHUNK_SIZE`] chunk, in order (the last
+    /// chunk may be shorter).
     pub chunks: Vec<ContentId>,
 }
 
 /// Why a manifest cannot describe the blob asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
+    /// The manifest's size differs from the [`BlobRef`]'s.
     #[error("manifest says the blob is {found} bytes, the reference says {expected}")]
-    WrongSize { expected: u64, found: u64 },
+    WrongSize {
+        /// The size in the [`BlobRef`].
+        expected: u64,
+        /// The size in the manifest.
+        found: u64,
+    },
+    /// The manifest lists more or fewer chunks than the size implies.
     #[error("manifest lists {found} chunks, a blob of this size has {expected}")]
-    WrongChunkCount { expected: u64, found: u64 },
+    WrongChunkCount {
+        /// Chunks a blob of the referenced size has.
+        expected: u64,
+        /// Chunks the manifest lists.
+        found: u64,
+    },
+    /// The referenced blob is over [`MAX_BLOB_BYTES`] (its size given).
     #[error("blob of {0} bytes is over the {MAX_BLOB_BYTES}-byte limit")]
     TooLarge(u64),
 }
@@ -102,7 +126,10 @@ impl BlobManifest {
 /// A provider's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobResponse {
+    /// The manifest asked for by [`BlobRequest::Manifest`].
     Manifest(BlobManifest),
+    /// The chunk's bytes asked for by [`BlobRequest::Chunk`] (unchecked:
+    /// the fetcher checks them against the manifest).
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The provider does not have that blob (or chunk index).
     NotFound,
@@ -111,20 +138,26 @@ pub enum BlobResponse {
 }
 
 impl BlobRequest {
+    /// Encodes the request (versioned CBOR, at most
+    /// [`MAX_BLOB_REQUEST_BYTES`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode_versioned(self, MAX_BLOB_REQUEST_BYTES)
     }
 
+    /// Decodes a request, refusing one over [`MAX_BLOB_REQUEST_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_versioned(bytes, MAX_BLOB_REQUEST_BYTES)
     }
 }
 
 impl BlobResponse {
+    /// Encodes the response (versioned CBOR, at most
+    /// [`MAX_BLOB_RESPONSE_BYTES`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode_versioned(self, MAX_BLOB_RESPONSE_BYTES)
     }
 
+    /// Decodes a response, refusing one over [`MAX_BLOB_RESPONSE_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_versioned(bytes, MAX_BLOB_RESPONSE_BYTES)
     }

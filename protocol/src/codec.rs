@@ -31,32 +31,61 @@ const ARRAY_OF_TWO: u8 = 0x82;
 /// Why a value could not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
+    /// serde could not serialize the value (the serializer's message).
     #[error("cannot encode value: {0}")]
     Serialize(String),
+    /// The encoding is over the caller's size cap.
     #[error("encoded value is {len} bytes, over the {max}-byte limit")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Length of the encoding.
+        len: usize,
+        /// The cap it was encoded under.
+        max: usize,
+    },
 }
 
 /// Why bytes could not be decoded. Each variant names the cause in words a
 /// peer operator can act on; none is ever a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The input is over the caller's size cap (checked before decoding).
     #[error("message is {len} bytes, over the {max}-byte limit")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The cap it was decoded under.
+        max: usize,
+    },
+    /// The input ends inside a value (what was being read is named).
     #[error("message is truncated: it ends in the middle of {0}")]
     Truncated(&'static str),
+    /// Bytes follow the one value a message holds (how many).
     #[error("message has {0} trailing bytes after the value")]
     TrailingBytes(usize),
+    /// The `[version, body]` envelope carries a version this build does not
+    /// speak.
     #[error("message uses protocol version {found}, this build speaks version {supported}")]
-    UnknownVersion { found: u16, supported: u16 },
+    UnknownVersion {
+        /// The version in the message.
+        found: u16,
+        /// [`PROTOCOL_VERSION`], the one this build speaks.
+        supported: u16,
+    },
+    /// The input is not a `[version, body]` envelope.
     #[error("message is not a versioned Formic message (expected a [version, body] array)")]
     NotVersioned,
+    /// Well-formed CBOR of the wrong shape: a missing, unknown or mistyped
+    /// field (serde's message).
     #[error("bad field: {0}")]
     BadField(String),
+    /// Not well-formed CBOR (the decoder's message).
     #[error("malformed CBOR: {0}")]
     Malformed(String),
+    /// Arrays and maps nest deeper than the decoder allows.
     #[error("message nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// The value decodes but is not in the one canonical encoding, so its
+    /// content id or signature would not be reproducible.
     #[error("message is not in canonical form (re-encoding it gives different bytes)")]
     NonCanonical,
 }
@@ -320,7 +349,7 @@ mod tests {
         /// Accepts any CBOR shape, to exercise the nesting cap.
         #[derive(Debug, serde::Serialize, serde::Deserialize)]
         #[serde(untagged)]
-        pub enum Any {
+        pub(super) enum Any {
             U(u64),
             L(Vec<Any>),
         }

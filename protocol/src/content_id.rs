@@ -63,8 +63,10 @@ impl fmt::Debug for ContentId {
 /// Why a string is not a content id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseContentIdError {
+    /// The string is not 64 characters long (its length given).
     #[error("a content id is 64 hex digits, got {0} characters")]
     WrongLength(usize),
+    /// The string has a character outside `0-9a-f`.
     #[error("a content id is lowercase hex (0-9, a-f); found other characters")]
     NotHex,
 }

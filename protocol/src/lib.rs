@@ -11,6 +11,8 @@
 //! - [`Signed`]: ed25519-signed envelopes with per-type domain separation.
 //! - [`messages`]: manifests, batches, claims, commits, reveals, announcements.
 
+#![warn(missing_docs)]
+
 pub mod assignment;
 pub mod blob_transfer;
 pub mod codec;

@@ -34,7 +34,9 @@ pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// oversized transfers before they start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlobRef {
+    /// blake3 of the blob's bytes.
     pub id: ContentId,
+    /// The blob's exact length in bytes.
     pub size: u64,
 }
 
@@ -53,6 +55,7 @@ impl BlobRef {
 pub enum Data {
     /// At most [`MAX_INLINE_BYTES`].
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A blob fetched separately (over [`MAX_INLINE_BYTES`]).
     Blob(BlobRef),
 }
 
@@ -83,6 +86,7 @@ impl Data {
         }
     }
 
+    /// Whether the bytes this refers to are empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -127,7 +131,9 @@ pub struct ProjectManifest {
     pub name: String,
     /// The app: a WASI preview 1 command module.
     pub app: BlobRef,
+    /// Resource limits for every unit.
     pub limits: Limits,
+    /// Redundancy and validation asked for.
     pub policy: Policy,
     /// When the owner created it, in ms since the Unix epoch (informational;
     /// handed in by the caller since this crate reads no clock).
@@ -145,7 +151,9 @@ pub type ProjectId = ContentId;
 /// One unit of work: its index within the project and its input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitSpec {
+    /// The unit's index within the project (its [`UnitRef::index`]).
     pub index: u64,
+    /// What the app reads on stdin for this unit.
     pub input: Data,
 }
 
@@ -153,6 +161,7 @@ pub struct UnitSpec {
 /// count travel by gossip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The project the units belong to.
     pub project: ProjectId,
     /// Sequence number of this batch within the project, from 0.
     pub seq: u32,
@@ -160,6 +169,7 @@ pub struct Batch {
     /// the owner when signing; workers cannot choose it.
     #[serde(with = "serde_bytes")]
     pub seed: [u8; 32],
+    /// The batch's units.
     pub units: Vec<UnitSpec>,
 }
 
@@ -171,7 +181,9 @@ impl SignedPayload for Batch {
 /// Names one unit of one project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UnitRef {
+    /// The project.
     pub project: ProjectId,
+    /// The unit's index within the project.
     pub index: u64,
 }
 
@@ -190,12 +202,15 @@ impl UnitRef {
 /// The owner tells the network a batch exists. Small by design.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
+    /// The project the batch belongs to.
     pub project: ProjectId,
     /// The blob holding the signed manifest (its id equals `project`).
     pub manifest: BlobRef,
     /// The blob holding the signed batch.
     pub batch: BlobRef,
+    /// The batch's [`Batch::seq`].
     pub batch_seq: u32,
+    /// How many units the batch holds.
     pub units: u64,
 }
 
@@ -207,8 +222,13 @@ impl SignedPayload for Announce {
 /// A worker takes a replica slot of a unit until `lease_until_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
+    /// The unit claimed.
     pub unit: UnitRef,
+    /// The replica slot taken: how many workers the claimer already knew on
+    /// the unit when it claimed.
     pub slot: u16,
+    /// When the lease ends, in ms since the Unix epoch (the claimer's clock
+    /// plus [`Policy::lease_ms`]).
     pub lease_until_ms: u64,
 }
 
@@ -222,7 +242,9 @@ impl SignedPayload for Claim {
 /// a lazy worker learns nothing it could copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
+    /// The unit computed.
     pub unit: UnitRef,
+    /// The seal ([`seal`]) of the result the worker computed.
     pub seal: ContentId,
 }
 
@@ -244,6 +266,7 @@ pub fn seal(result_hash: &ContentId, worker: &SignerKey, unit: &UnitRef) -> Cont
 /// A worker opens its commit: the result it computed and where to get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reveal {
+    /// The unit computed.
     pub unit: UnitRef,
     /// blake3 of the output bytes.
     pub result_hash: ContentId,
@@ -265,7 +288,9 @@ impl SignedPayload for Reveal {
 /// and their known answers, so anyone can check workers against them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpotCheckKey {
+    /// The project.
     pub project: ProjectId,
+    /// The settled batch the key is for ([`Batch::seq`]).
     pub batch_seq: u32,
     /// (unit index, expected result hash).
     pub answers: Vec<(u64, ContentId)>,
@@ -296,6 +321,7 @@ pub const MAX_BUNDLE_RECORDS: usize = 1024;
 /// signature: a bundle adds no trust of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipBundle {
+    /// Each record's own wire bytes, in the order they were gathered.
     pub bundle: Vec<serde_bytes::ByteBuf>,
 }
 
@@ -351,10 +377,15 @@ impl GossipBundle {
 /// Everything that travels over gossipsub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gossip {
+    /// An owner's announcement of a batch.
     Announce(Signed<Announce>),
+    /// A worker's claim on a replica slot.
     Claim(Signed<Claim>),
+    /// A worker's sealed commitment to a result.
     Commit(Signed<Commit>),
+    /// A worker's opened result.
     Reveal(Signed<Reveal>),
+    /// An owner's disclosure of a settled batch's spot checks.
     SpotCheckKey(Signed<SpotCheckKey>),
 }
 

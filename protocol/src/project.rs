@@ -34,27 +34,40 @@ pub const MAX_WORKERS_PER_UNIT: usize = 64;
 /// Why a record was not applied to a project.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The record names another project.
     #[error("record is for project {found}, not {expected}")]
     WrongProject {
+        /// This project's id.
         expected: ContentId,
+        /// The project the record names.
         found: ContentId,
     },
+    /// A batch or spot-check key signed by someone other than the owner.
     #[error("record must be signed by the project owner")]
     NotOwner,
+    /// The signed envelope does not verify.
     #[error("bad signature: {0}")]
     Signature(#[from] VerifyError),
+    /// A worker record for a unit index no batch received so far holds.
     #[error("unit {0} is not in any batch of this project (yet)")]
     UnknownUnit(u64),
+    /// A second, different batch with the same sequence number.
     #[error("batch {0} was already received with different contents")]
     ConflictingBatch(u32),
+    /// A batch repeats a unit index, or reuses one of an earlier batch.
     #[error("batch lists unit {0} twice or it is already in another batch")]
     DuplicateUnit(u64),
+    /// The reveal's result does not match the seal the worker committed to.
     #[error("the reveal does not open this worker's commit: the result changed after committing")]
     SealMismatch,
+    /// The revealed output (its bytes' hash, or its blob's id) is not the
+    /// revealed result hash.
     #[error("the revealed output does not hash to the revealed result")]
     OutputMismatch,
+    /// A new worker on a unit that already has [`MAX_WORKERS_PER_UNIT`].
     #[error("unit {0} already has records from {MAX_WORKERS_PER_UNIT} workers")]
     UnitFull(u64),
+    /// An announcement was given to the project state.
     #[error("announcements are handled by the node, not the project state")]
     NotAProjectRecord,
 }
@@ -62,14 +75,18 @@ pub enum RecordError {
 /// Whether a record was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
+    /// The record was not known before and is now applied.
     New,
+    /// The record was already known; nothing changed.
     Duplicate,
 }
 
 /// A unit the evidence validates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedUnit {
+    /// The unit's index within the project.
     pub index: u64,
+    /// blake3 of the validated output.
     pub result_hash: ContentId,
     /// The output, inline or as a blob reference.
     pub output: Data,
@@ -82,7 +99,9 @@ pub struct ValidatedUnit {
 /// Something for this worker to compute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkOrder {
+    /// The unit to compute.
     pub unit: UnitRef,
+    /// Its input (stdin of the app).
     pub input: Data,
     /// A hidden audit: computed like any replica, but claimed by nobody.
     pub audit: bool,
@@ -232,18 +251,23 @@ impl ProjectState {
         })
     }
 
+    /// The project's id (the content id of its signed manifest).
     pub fn id(&self) -> ProjectId {
         self.id
     }
 
+    /// The key that signed the manifest.
     pub fn owner(&self) -> SignerKey {
         self.owner
     }
 
+    /// The verified manifest.
     pub fn manifest(&self) -> &ProjectManifest {
         &self.manifest
     }
 
+    /// The validation policy: the manifest's quorum and this node's
+    /// probation.
     pub fn policy(&self) -> &ValidationPolicy {
         &self.policy
     }

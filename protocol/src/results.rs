@@ -24,8 +24,11 @@ pub const MAX_BUNDLE_BYTES: usize = 1 << 30;
 /// Everything needed to re-check a project's results offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvidenceBundle {
+    /// The owner-signed manifest (its id is the project's).
     pub manifest: Signed<ProjectManifest>,
+    /// Every batch received, owner-signed.
     pub batches: Vec<Signed<Batch>>,
+    /// Every worker and owner record of the project, each signed.
     pub records: Vec<Gossip>,
     /// The probation the collector validated with (0 = plain quorum).
     pub probation: u32,
@@ -34,12 +37,15 @@ pub struct EvidenceBundle {
 /// One validated unit as listed in `results.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultEntry {
+    /// The unit's index within the project.
     pub index: u64,
     /// Content id of the unit's input.
     pub input: ContentId,
     /// blake3 of the output bytes in `outputs/<index>`.
     pub result_hash: ContentId,
+    /// Length of the output in bytes.
     pub output_size: u64,
+    /// Fuel the unit's run used (the same for every agreeing worker).
     pub fuel_used: u64,
     /// PeerIds of the agreeing workers.
     pub workers: Vec<String>,
@@ -48,25 +54,47 @@ pub struct ResultEntry {
 /// Why a results folder does not check out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
+    /// The bundle's manifest does not verify.
     #[error("the manifest is not validly signed: {0}")]
     Manifest(RecordError),
+    /// The manifest is signed by another key than the one expected.
     #[error("the project is signed by {found}, not the expected owner {expected}")]
-    WrongOwner { expected: String, found: String },
+    WrongOwner {
+        /// The owner the caller expected.
+        expected: String,
+        /// The key that signed the manifest.
+        found: String,
+    },
+    /// A batch in the bundle is refused.
     #[error("batch {seq} in the evidence is invalid: {reason}")]
-    Batch { seq: usize, reason: RecordError },
-    #[error("record {position} in the evidence is invalid: {reason}")]
-    Record {
-        position: usize,
+    Batch {
+        /// Its position in [`EvidenceBundle::batches`], from 0.
+        seq: usize,
+        /// Why the project state refused it.
         reason: RecordError,
     },
+    /// A record in the bundle is refused.
+    #[error("record {position} in the evidence is invalid: {reason}")]
+    Record {
+        /// Its position in [`EvidenceBundle::records`], from 0.
+        position: usize,
+        /// Why the project state refused it.
+        reason: RecordError,
+    },
+    /// A listed unit that the evidence does not validate.
     #[error("unit {0} is listed as a result but the evidence does not validate it")]
     NotValidated(u64),
+    /// A listed result that differs from the one the evidence validates.
     #[error("unit {index}: the listed result {listed} differs from the validated {validated}")]
     WrongResult {
+        /// The unit's index.
         index: u64,
+        /// The result hash listed.
         listed: ContentId,
+        /// The result hash the evidence validates.
         validated: ContentId,
     },
+    /// A unit listed more than once.
     #[error("unit {0} is listed twice")]
     Duplicate(u64),
 }
@@ -82,10 +110,12 @@ impl EvidenceBundle {
         }
     }
 
+    /// Encodes the bundle (versioned CBOR, at most [`MAX_BUNDLE_BYTES`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode_versioned(self, MAX_BUNDLE_BYTES)
     }
 
+    /// Decodes a bundle, refusing one over [`MAX_BUNDLE_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_versioned(bytes, MAX_BUNDLE_BYTES)
     }

@@ -52,6 +52,8 @@ impl SignerKey {
         &self.0
     }
 
+    /// The key whose raw ed25519 public key is `bytes` (not checked to be a
+    /// valid curve point: see [`SignerKey::public_key`]).
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -95,14 +97,19 @@ impl fmt::Debug for SignerKey {
 /// Why a value could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
+    /// The keypair is not ed25519.
     #[error("signing keys must be ed25519")]
     NotEd25519,
+    /// The payload does not encode (or is over its size cap).
     #[error("could not encode the payload: {0}")]
     Encode(#[from] EncodeError),
+    /// The keypair refused to sign (its message).
     #[error("signing failed: {0}")]
     Signing(String),
+    /// More than [`MAX_BATCH_RECORDS`] records given to sign as one batch.
     #[error("a batch signs at most {MAX_BATCH_RECORDS} records, not {0}")]
     BatchTooLarge(usize),
+    /// A record given to sign as a batch names another signer.
     #[error("a batch may only hold records signed by its own key")]
     NotOwnRecord,
 }
@@ -110,14 +117,21 @@ pub enum SignError {
 /// Why a signed envelope was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// The signer's 32 bytes are not a valid ed25519 public key.
     #[error("the signer's public key is not a valid ed25519 key")]
     BadKey,
+    /// The signature (or batch signature and proof) does not verify.
     #[error(
         "the signature does not match the payload and signer {signer}: the record was altered or forged"
     )]
-    BadSignature { signer: String },
+    BadSignature {
+        /// The claimed signer, as printed by [`SignerKey`]'s `Display`.
+        signer: String,
+    },
+    /// The signature verifies but the payload does not decode.
     #[error("the signed payload does not decode: {0}")]
     Payload(DecodeError),
+    /// The batch proof does not fit its count and index (what is wrong).
     #[error("the record's batch proof is malformed: {0}")]
     BadProof(&'static str),
 }
@@ -137,8 +151,11 @@ pub const MAX_BATCH_PROOF_BYTES: usize = 48 + 10 * 34;
 /// alone, so its length follows from `index` and `count`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchProof {
+    /// How many records the batch signed.
     pub count: u32,
+    /// This record's leaf, from 0.
     pub index: u32,
+    /// The partner hashes from the leaf up (see above).
     pub path: Vec<ContentId>,
 }
 
@@ -271,6 +288,7 @@ pub trait BatchSignable {
     fn batch_leaf(&self) -> [u8; 32];
     /// Replaces the signature by a batch signature and this record's proof.
     fn set_batch_signature(&mut self, signature: Vec<u8>, proof: BatchProof);
+    /// The key the record claims as its signer.
     fn signer_key(&self) -> SignerKey;
 }
 

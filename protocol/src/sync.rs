@@ -29,6 +29,7 @@ pub const MAX_RECORDS_PER_PAGE: u32 = 1024;
 /// Asks for the records of `project` from position `cursor` on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
+    /// The project whose records are wanted.
     pub project: ProjectId,
     /// 0 for the first page, then the `next` of the previous page.
     pub cursor: u64,
@@ -44,7 +45,9 @@ pub struct RecordBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 /// A page of records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncResponse {
+    /// Records from the request's cursor on, in the server's order.
     Page {
+        /// The records, each as it travels on gossip.
         records: Vec<RecordBytes>,
         /// Where the next page starts, or `None` when this was the last.
         next: Option<u64>,
@@ -54,20 +57,26 @@ pub enum SyncResponse {
 }
 
 impl SyncRequest {
+    /// Encodes the request (versioned CBOR, at most
+    /// [`MAX_SYNC_REQUEST_BYTES`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode_versioned(self, MAX_SYNC_REQUEST_BYTES)
     }
 
+    /// Decodes a request, refusing one over [`MAX_SYNC_REQUEST_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_versioned(bytes, MAX_SYNC_REQUEST_BYTES)
     }
 }
 
 impl SyncResponse {
+    /// Encodes the response (versioned CBOR, at most
+    /// [`MAX_SYNC_RESPONSE_BYTES`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         codec::encode_versioned(self, MAX_SYNC_RESPONSE_BYTES)
     }
 
+    /// Decodes a response, refusing one over [`MAX_SYNC_RESPONSE_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_versioned(bytes, MAX_SYNC_RESPONSE_BYTES)
     }

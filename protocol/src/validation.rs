@@ -65,26 +65,37 @@ impl Default for ValidationPolicy {
 /// One worker's verified result for one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevealEvidence {
+    /// The worker that revealed it.
     pub worker: SignerKey,
+    /// The unit computed.
     pub unit: UnitRef,
+    /// blake3 of the output.
     pub result_hash: ContentId,
+    /// Fuel the run used, as revealed.
     pub fuel_used: u64,
 }
 
 /// Why signed records could not be taken as evidence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvidenceError {
+    /// A record's signature does not verify.
     #[error("invalid signature on a {record}: {source}")]
     Signature {
+        /// Which record ("commit", "reveal", ...).
         record: &'static str,
+        /// Why it does not verify.
         source: VerifyError,
     },
+    /// The commit and the reveal name different signers.
     #[error("commit and reveal are signed by different workers")]
     SignerMismatch,
+    /// The commit and the reveal name different units.
     #[error("commit and reveal are for different units")]
     UnitMismatch,
+    /// The reveal's result does not match the commit's seal.
     #[error("the reveal does not open the commit's seal: the result was changed after committing")]
     SealMismatch,
+    /// A spot-check key signed by someone other than the owner.
     #[error("the spot-check key is not signed by the project owner")]
     NotOwner,
 }
@@ -110,6 +121,7 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// No evidence yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -222,6 +234,7 @@ impl Evidence {
         self.reveals.values().map(|m| m.len()).sum()
     }
 
+    /// Whether no result is held.
     pub fn is_empty(&self) -> bool {
         self.reveals.is_empty()
     }
@@ -241,12 +254,16 @@ pub enum Need {
 /// The verdict on one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Enough agreeing results: the unit's result is settled.
     Validated {
+        /// blake3 of the validated output.
         result_hash: ContentId,
         /// The agreeing non-faulty workers, in key order.
         workers: Vec<SignerKey>,
     },
+    /// Not validated yet.
     Pending {
+        /// What it still needs.
         need: Need,
         /// Non-faulty results held now.
         have: usize,
@@ -254,6 +271,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether this is [`Verdict::Validated`].
     pub fn is_validated(&self) -> bool {
         matches!(self, Verdict::Validated { .. })
     }
@@ -262,7 +280,9 @@ impl Verdict {
 /// The result of [`validate`].
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
+    /// The verdict on every unit with evidence.
     pub verdicts: BTreeMap<UnitRef, Verdict>,
+    /// Workers proven faulty, each with a fault that proves it.
     pub faulty: BTreeMap<SignerKey, Fault>,
     /// Corroborated results per non-faulty worker.
     pub standing: BTreeMap<SignerKey, u32>,
