@@ -92,6 +92,15 @@ pub struct ComputePool {
     info: Vec<WorkerInfo>,
 }
 
+impl std::fmt::Debug for ComputePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputePool")
+            .field("workers", &self.info)
+            .field("free_queue_slots", &self.slots.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ComputePool {
     /// Starts `config.threads` workers and waits until each has lowered its
     /// priority, so [`ComputePool::workers`] is complete on return.

@@ -12,7 +12,7 @@ use crate::computing::{self, ComputeConfig, ComputeHandle, Sabotage};
 use crate::network::{self, NetworkClient, NodeConfig, RunningNode};
 
 /// What the computing layer of a session does.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Role {
     /// Units computed at once (0: follow and validate only).
     pub slots: usize,
@@ -59,6 +59,7 @@ pub enum SessionError {
 }
 
 /// A running node with its computing layer.
+#[derive(Debug)]
 pub struct Session {
     pub node: RunningNode,
     pub compute: ComputeHandle,

@@ -208,6 +208,7 @@ struct AppState {
 }
 
 /// A running API server.
+#[derive(Debug)]
 pub struct ApiServer {
     addr: SocketAddr,
     files: Vec<PathBuf>,

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub const HOST_RETRY_FIRST: Duration = Duration::from_secs(5);
-pub const HOST_RETRY_MAX: Duration = Duration::from_secs(300);
+pub(crate) const HOST_RETRY_FIRST: Duration = Duration::from_secs(5);
+pub(crate) const HOST_RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
-pub struct HostRetries {
+pub(crate) struct HostRetries {
     /// By unit index: when it is released (None once it has been), and the
     /// wait that led there.
     units: HashMap<u64, (Option<Instant>, Duration)>,
@@ -33,7 +33,7 @@ pub struct HostRetries {
 
 impl HostRetries {
     /// The unit failed on this host at `now`: returns how long it waits.
-    pub fn failed(&mut self, unit: u64, now: Instant) -> Duration {
+    pub(crate) fn failed(&mut self, unit: u64, now: Instant) -> Duration {
         let wait = self
             .units
             .get(&unit)
@@ -44,13 +44,13 @@ impl HostRetries {
 
     /// The unit ran (whatever its result): its next host failure starts the
     /// waits over.
-    pub fn ran(&mut self, unit: u64) {
+    pub(crate) fn ran(&mut self, unit: u64) {
         self.units.remove(&unit);
     }
 
     /// The units whose wait is over at `now`, each returned once: a unit
     /// picked again is busy because it runs, and must stay so.
-    pub fn release_due(&mut self, now: Instant) -> Vec<u64> {
+    pub(crate) fn release_due(&mut self, now: Instant) -> Vec<u64> {
         let mut due = Vec::new();
         for (unit, (at, _)) in &mut self.units {
             if at.is_some_and(|t| t <= now) {
@@ -63,7 +63,7 @@ impl HostRetries {
 
     /// Forgets the units that are settled (validated) and so will not run
     /// here again: their waits would otherwise stay on record for good.
-    pub fn forget_settled(&mut self, mut settled: impl FnMut(u64) -> bool) {
+    pub(crate) fn forget_settled(&mut self, mut settled: impl FnMut(u64) -> bool) {
         self.units
             .retain(|unit, (at, _)| at.is_some() || !settled(*unit));
     }

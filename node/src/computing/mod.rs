@@ -88,6 +88,15 @@ pub struct LazySandbox {
     sandbox: std::sync::OnceLock<Result<Sandbox, String>>,
 }
 
+impl std::fmt::Debug for LazySandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazySandbox")
+            .field("config", &self.config)
+            .field("created", &self.sandbox.get().map(Result::is_ok))
+            .finish()
+    }
+}
+
 impl LazySandbox {
     pub fn new(config: SandboxConfig) -> Self {
         Self {
@@ -170,6 +179,14 @@ pub struct ComputeHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<ComputeStatus>,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ComputeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeHandle")
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ComputeHandle {

@@ -251,6 +251,13 @@ pub struct Sources {
     pub pause: Box<dyn ManualPauseSource>,
 }
 
+impl std::fmt::Debug for Sources {
+    // The sources are trait objects with nothing to show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
 impl Sources {
     /// The real sources on Linux: logind over D-Bus for input idle time,
     /// /proc/stat for CPU load, /sys/class/power_supply for power, the
@@ -307,6 +314,15 @@ pub struct GovernorHandle {
     control: Arc<Control>,
     units: UnitSet,
     thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for GovernorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GovernorHandle")
+            .field("units", &self.units)
+            .field("running", &self.thread.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GovernorHandle {

@@ -110,6 +110,7 @@ pub fn read_pause(data_dir: &Path) -> (ManualPause, Option<String>) {
 
 /// [`ManualPauseSource`] reading `<data-dir>/paused` on every tick (one
 /// `open` that fails with ENOENT in the common case: cheap).
+#[derive(Debug)]
 pub struct FilePauseSource {
     data_dir: PathBuf,
     last_problem: Option<String>,

@@ -86,6 +86,16 @@ pub struct LogindIdleSource {
     warned: bool,
 }
 
+impl std::fmt::Debug for LogindIdleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogindIdleSource")
+            .field("connected", &self.proxy.is_some())
+            .field("pacing", &self.pacing)
+            .field("warned", &self.warned)
+            .finish()
+    }
+}
+
 /// How often an unreachable idle-time service (logind, an X server) is
 /// tried again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(30);
@@ -165,6 +175,15 @@ pub struct X11IdleSource {
     pacing: ReconnectPacing,
 }
 
+impl std::fmt::Debug for X11IdleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X11IdleSource")
+            .field("connected", &self.conn.is_some())
+            .field("pacing", &self.pacing)
+            .finish()
+    }
+}
+
 impl Default for X11IdleSource {
     fn default() -> Self {
         Self::new()
@@ -230,6 +249,15 @@ impl IdleSource for X11IdleSource {
 /// anywhere means the user is there. A source that cannot tell does not
 /// count; "no session" stands only when no source saw input.
 pub struct MostActive(pub Vec<Box<dyn IdleSource>>);
+
+impl std::fmt::Debug for MostActive {
+    // The sources are trait objects: only their number shows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MostActive")
+            .field("sources", &self.0.len())
+            .finish()
+    }
+}
 
 impl IdleSource for MostActive {
     fn user_idle(&mut self) -> UserIdle {
@@ -310,6 +338,7 @@ impl IdleSource for LogindIdleSource {
 /// counts in 10 ms ticks, so a 250 ms governor tick on a 2-core machine
 /// would see only 50 ticks and flap on every short burst. Between windows
 /// the last figure is repeated.
+#[derive(Debug)]
 pub struct ProcCpuLoad {
     proc_root: PathBuf,
     previous: Option<(Instant, CpuSample)>,
@@ -418,6 +447,7 @@ impl CpuLoadSource for ProcCpuLoad {
 /// Power from /sys/class/power_supply: on AC when any `Mains` or `USB`
 /// supply is online; on battery when a battery is `Discharging`, or when
 /// there are mains supplies and all are offline; unknown without supplies.
+#[derive(Debug)]
 pub struct SysfsPower {
     root: PathBuf,
 }

@@ -96,7 +96,7 @@ pub enum FetchError {
 
 /// Why one request to one peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("request failed: {0}")]

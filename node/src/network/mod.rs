@@ -373,6 +373,16 @@ pub struct RunningNode {
     api: Option<crate::api::ApiServer>,
 }
 
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("peer_id", &self.peer_id)
+            .field("listen_addrs", &self.listen_addrs)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RunningNode {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id

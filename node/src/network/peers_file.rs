@@ -10,10 +10,10 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 /// File name inside the data directory.
-pub const PEERS_FILE: &str = "peers.json";
+pub(crate) const PEERS_FILE: &str = "peers.json";
 
 /// Peers remembered at most (the nearest in the routing table come first).
-pub const MAX_REMEMBERED: usize = 64;
+pub(crate) const MAX_REMEMBERED: usize = 64;
 
 /// Addresses remembered per peer.
 const MAX_ADDRS: usize = 4;
@@ -30,7 +30,7 @@ fn path(data_dir: &Path) -> PathBuf {
 
 /// The remembered peers; an absent or unreadable file is an empty list
 /// (it is only a hint, so a damaged one must not stop the node).
-pub fn load(data_dir: &Path) -> Vec<(PeerId, Vec<Multiaddr>)> {
+pub(crate) fn load(data_dir: &Path) -> Vec<(PeerId, Vec<Multiaddr>)> {
     let Ok(bytes) = std::fs::read(path(data_dir)) else {
         return Vec::new();
     };
@@ -58,7 +58,7 @@ pub fn load(data_dir: &Path) -> Vec<(PeerId, Vec<Multiaddr>)> {
 }
 
 /// Saves `peers` atomically.
-pub fn save(data_dir: &Path, peers: &[(PeerId, Vec<Multiaddr>)]) {
+pub(crate) fn save(data_dir: &Path, peers: &[(PeerId, Vec<Multiaddr>)]) {
     let entries: Vec<Entry> = peers
         .iter()
         .take(MAX_REMEMBERED)
