@@ -9,6 +9,10 @@
 //! cargo run --release -p formic-node --example swarm_bench -- efficiency [--unit-ms 1000] [--units 20] [--peers 5]
 //! cargo run --release -p formic-node --example swarm_bench -- ceiling [--units 2000] [--peers 5]
 
+// A benchmark tool, not production code: it stops on the first failure,
+// with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use formic_node::demo::{self, DemoConfig};

@@ -2,6 +2,10 @@
 //! pair, an owner who publishes and goes offline, and a researcher who
 //! joins after publishing, collects, and re-checks the results offline.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -8,6 +8,10 @@
 //! A fourth, that a unit is claimed only once it has run for a while: a
 //! unit done sooner goes out with its commit alone.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -4,6 +4,10 @@
 //! fuel), the pause file written by `formic pause`/`formic resume`, and
 //! compute threads running at idle priority.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant, SystemTime};
 
 use formic_node::compute_pool::{ComputePool, PoolConfig, SubmitError, ThreadPriority};
@@ -651,6 +655,7 @@ async fn compute_threads_run_at_idle_priority() {
     assert_eq!(rx.await.expect("result"), 42);
     // The job itself sees the lowered priority.
     let rx = pool
+        // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
         .submit(|| unsafe { libc::sched_getscheduler(0) })
         .await
         .expect("submit");

@@ -5,6 +5,10 @@
 //! skipped with a message, unless FORMIC_REQUIRE_DEB is set (CI sets it
 //! after installing cargo-deb), in which case it fails.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

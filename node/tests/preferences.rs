@@ -1,6 +1,10 @@
 //! Volunteer preferences (`formic.toml`): defaults, the shipped example,
 //! and errors that name the key a volunteer got wrong.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 

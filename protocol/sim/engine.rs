@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 /// How the adversary's identities behave. All wrong answers are colluding:
 /// every adversary identity on a unit returns the same wrong answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
+pub(crate) enum Strategy {
     /// Every result wrong.
     AlwaysWrong,
     /// Each result wrong with probability 0.1, blindly.
@@ -38,7 +38,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub(crate) const ALL: [Strategy; 6] = [
         Strategy::AlwaysWrong,
         Strategy::SometimesWrong,
         Strategy::CheatOnce,
@@ -47,7 +47,7 @@ impl Strategy {
         Strategy::Copier,
     ];
 
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Strategy::AlwaysWrong => "always wrong",
             Strategy::SometimesWrong => "sometimes wrong (10%)",
@@ -61,7 +61,7 @@ impl Strategy {
 
 /// A replication and validation scheme.
 #[derive(Debug, Clone, Copy)]
-pub struct Scheme {
+pub(crate) struct Scheme {
     pub name: &'static str,
     /// Visible replicas per unit (= validation quorum).
     pub quorum: u16,
@@ -80,7 +80,7 @@ pub struct Scheme {
 
 /// One simulation run.
 #[derive(Debug, Clone, Copy)]
-pub struct Params {
+pub(crate) struct Params {
     pub workers: usize,
     pub adversary_fraction: f64,
     pub units: u64,
@@ -93,7 +93,7 @@ pub struct Params {
 
 /// What a run measured.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub units: u64,
     pub validated: u64,
     pub wrong_accepted: u64,
@@ -104,12 +104,12 @@ pub struct Report {
 
 impl Report {
     /// Wrong results accepted per unit.
-    pub fn epsilon(&self) -> f64 {
+    pub(crate) fn epsilon(&self) -> f64 {
         self.wrong_accepted as f64 / self.units as f64
     }
 
     /// Executions per useful (validated) unit.
-    pub fn overhead(&self) -> f64 {
+    pub(crate) fn overhead(&self) -> f64 {
         self.executions as f64 / self.validated.max(1) as f64
     }
 }
@@ -435,6 +435,6 @@ impl Sim {
 }
 
 /// Runs one simulation.
-pub fn simulate(p: Params) -> Report {
+pub(crate) fn simulate(p: Params) -> Report {
     Sim::new(p).run()
 }

@@ -2,6 +2,10 @@
 //! canonical encoding, random bytes into every decoder give errors and never
 //! panics, and any one-byte change to a signed manifest is caught.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use formic_protocol::codec::{self, DecodeError};
 use formic_protocol::messages::*;
 use formic_protocol::signed::VerifiedRoots;

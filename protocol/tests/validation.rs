@@ -1,6 +1,10 @@
 //! Tests of `validate()`: quorum, probation, disputes, spot checks,
 //! backtracking, signed-evidence checks, and determinism under reordering.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use formic_protocol::messages::{Commit, Data, Reveal, SpotCheckKey, UnitRef, seal};
 use formic_protocol::validation::*;
 use formic_protocol::{ContentId, Signed, SignerKey};

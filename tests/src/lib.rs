@@ -2,6 +2,10 @@
 //! loopback sockets, make signed records, and wait on conditions and events
 //! with deadlines (gossipsub runs on real time: never sleep a fixed time).
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;

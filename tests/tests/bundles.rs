@@ -4,6 +4,10 @@
 //! told which project's records it missed, and finds them in the store;
 //! and a node that stops while it holds records sends them first.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};

@@ -4,6 +4,10 @@
 //! governor, running-unit and credit parts of the status are tested on a
 //! computing volunteer in node/tests/governed_compute.rs.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

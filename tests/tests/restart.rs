@@ -3,6 +3,10 @@
 //! `peers.json`, with no bootstrap list), records published while a node was
 //! down reach it by pull-sync, and fresh gossip reaches everyone again.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};

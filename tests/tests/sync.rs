@@ -2,6 +2,10 @@
 //! where the last one with it ended, so a researcher that syncs every few
 //! seconds pulls only what is new, not the whole project again.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use formic_protocol::messages::Gossip;

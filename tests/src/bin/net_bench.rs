@@ -13,6 +13,10 @@
 //! Then blob throughput between two nodes over loopback (64 MiB, chunked
 //! and verified) against a plain TCP copy of the same bytes.
 
+// A benchmark tool, not production code: it stops on the first failure,
+// with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

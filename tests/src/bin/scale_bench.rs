@@ -28,6 +28,10 @@
 //! - CPU used by all peers while idle, which on a small machine tells
 //!   whether the latencies above are the protocol's or a saturated CPU's.
 
+// A benchmark tool, not production code: it stops on the first failure,
+// with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
