@@ -11,11 +11,22 @@
 //! Each wasm configuration is timed around `Sandbox::run` (instantiation
 //! included, compilation excluded — apps are compiled once), median of
 //! `runs` runs after one warm-up; outputs are checked against native.
+//!
+//! Then, when clang can build for both the host and `wasm32-wasi` (Debian:
+//! `clang lld wasi-libc libclang-rt-14-dev-wasm32`), the C kernels in
+//! `benches/kernels/` are built with `-O2` for both and timed alternately:
+//! the native process, production (`formic exec`'s engine: fuel, NaN
+//! canonicalization at observation points) and the engine before the
+//! rewrite (fuel, full NaN canonicalization). These are the headline
+//! figures: compiler-built code, as volunteers will run it; the WAT rows
+//! above are hand-written worst cases.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use formic_work_units::{EngineTuning, Sandbox, SandboxConfig, SandboxLimits, apps};
+use formic_work_units::{
+    EngineTuning, NanCanonicalization, Sandbox, SandboxConfig, SandboxLimits, apps,
+};
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -129,38 +140,44 @@ fn main() {
 
     let variants = [
         Variant {
-            name: "fuel + NaN canon (production)",
+            name: "fuel + NaN canon at observation points (production)",
             tuning: EngineTuning::default(),
         },
         Variant {
-            name: "fuel + epoch checks + NaN canon (before #3)",
+            name: "fuel + full NaN canon (the engine before the rewrite)",
+            tuning: EngineTuning {
+                nan: NanCanonicalization::Full,
+                ..EngineTuning::default()
+            },
+        },
+        Variant {
+            name: "fuel + epoch checks + NaN canon at observation points",
             tuning: EngineTuning {
                 epochs: true,
                 ..EngineTuning::default()
             },
         },
         Variant {
-            name: "fuel off, epoch checks, NaN canon",
+            name: "fuel off, NaN canon at observation points",
             tuning: EngineTuning {
                 fuel: false,
-                epochs: true,
-                nan_canonicalization: true,
+                ..EngineTuning::default()
             },
         },
         Variant {
-            name: "fuel off, NaN canon",
+            name: "fuel off, full NaN canon",
             tuning: EngineTuning {
                 fuel: false,
-                epochs: false,
-                nan_canonicalization: true,
+                nan: NanCanonicalization::Full,
+                ..EngineTuning::default()
             },
         },
         Variant {
             name: "fuel off, no NaN canon",
             tuning: EngineTuning {
                 fuel: false,
-                epochs: false,
-                nan_canonicalization: false,
+                nan: NanCanonicalization::Off,
+                ..EngineTuning::default()
             },
         },
     ];
@@ -220,5 +237,173 @@ fn main() {
             t_float.as_secs_f64(),
             t_float.as_secs_f64() / native_float.as_secs_f64(),
         );
+    }
+
+    c_kernels(runs);
+}
+
+/// A C kernel: its source, its input, and what it measures.
+struct Kernel {
+    file: &'static str,
+    source: &'static str,
+    input: &'static str,
+    kind: &'static str,
+}
+
+const KERNELS: [Kernel; 3] = [
+    Kernel {
+        file: "primes_trial",
+        source: include_str!("kernels/primes_trial.c"),
+        input: "3000000",
+        kind: "integer: trial-division prime count",
+    },
+    Kernel {
+        file: "sieve",
+        source: include_str!("kernels/sieve.c"),
+        input: "20000000 5",
+        kind: "integer: sieve of Eratosthenes, repeated",
+    },
+    Kernel {
+        file: "mandelbrot",
+        source: include_str!("kernels/mandelbrot.c"),
+        input: "800",
+        kind: "float: Mandelbrot area, 500 iterations",
+    },
+];
+
+/// Builds `source` with clang, natively or for wasm32-wasi; `None` (with
+/// the reason printed once) when the toolchain is missing.
+fn clang(
+    dir: &std::path::Path,
+    name: &str,
+    source: &str,
+    wasm: bool,
+) -> Option<std::path::PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).ok()?;
+    let out = dir.join(if wasm {
+        format!("{name}.wasm")
+    } else {
+        format!("{name}.native")
+    });
+    let mut cmd = std::process::Command::new("clang");
+    if wasm {
+        cmd.args(["--target=wasm32-wasi", "-Wl,--strip-all"]);
+    }
+    let status = cmd.arg("-O2").arg(&src).arg("-o").arg(&out).status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => {
+            eprintln!(
+                "clang {} failed for {name} ({s})",
+                if wasm { "wasm32-wasi" } else { "native" }
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("no clang ({e})");
+            None
+        }
+    }
+}
+
+fn c_kernels(runs: usize) {
+    println!();
+    let Ok(tmp) = tempfile::tempdir() else {
+        println!("C kernels skipped: no temporary directory");
+        return;
+    };
+    let dir = tmp.path();
+    let limits = SandboxLimits {
+        fuel: u64::MAX / 4,
+        wall_clock: Duration::from_secs(600),
+        ..SandboxLimits::default()
+    };
+    let observed = Sandbox::new(SandboxConfig::default()).expect("sandbox");
+    let full = Sandbox::with_tuning(
+        SandboxConfig::default(),
+        EngineTuning {
+            nan: NanCanonicalization::Full,
+            ..EngineTuning::default()
+        },
+    )
+    .expect("sandbox");
+    println!(
+        "C kernels, clang -O2; native, production and the engine before the rewrite run alternately, median of {runs}:"
+    );
+    println!();
+    println!(
+        "| kernel (C, clang -O2) | native | wasm, production | ÷ native | wasm, full NaN canon | ÷ native |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for k in &KERNELS {
+        let (Some(native), Some(wasm)) = (
+            clang(dir, k.file, k.source, false),
+            clang(dir, k.file, k.source, true),
+        ) else {
+            println!(
+                "| {} | skipped: clang with the wasm32-wasi target is not installed | | | | |",
+                k.kind
+            );
+            continue;
+        };
+        let bytes = std::fs::read(&wasm).expect("read wasm");
+        let app_observed = observed.compile(&bytes).expect("compile");
+        let app_full = full.compile(&bytes).expect("compile");
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..=runs {
+            let t = Instant::now();
+            let out = std::process::Command::new(&native)
+                .stdin_piped_with(k.input)
+                .expect("native run");
+            let t_native = t.elapsed();
+            let t = Instant::now();
+            let a = observed
+                .run(&app_observed, k.input.as_bytes(), [0; 32], &limits, None)
+                .expect("wasm run");
+            let t_observed = t.elapsed();
+            let t = Instant::now();
+            let b = full
+                .run(&app_full, k.input.as_bytes(), [0; 32], &limits, None)
+                .expect("wasm run");
+            let t_full = t.elapsed();
+            assert_eq!(a.output, out, "{}: wasm output differs from native", k.file);
+            assert_eq!(b.output, out, "{}: wasm output differs from native", k.file);
+            if i > 0 {
+                times[0].push(t_native);
+                times[1].push(t_observed);
+                times[2].push(t_full);
+            }
+        }
+        let [n, o, f] = times.map(median);
+        println!(
+            "| {} | {:.3} s | {:.3} s | **{:.2}** | {:.3} s | {:.2} |",
+            k.kind,
+            n.as_secs_f64(),
+            o.as_secs_f64(),
+            o.as_secs_f64() / n.as_secs_f64(),
+            f.as_secs_f64(),
+            f.as_secs_f64() / n.as_secs_f64(),
+        );
+    }
+}
+
+/// Runs a command with `input` on stdin and returns its stdout.
+trait StdinPiped {
+    fn stdin_piped_with(&mut self, input: &str) -> std::io::Result<Vec<u8>>;
+}
+
+impl StdinPiped for std::process::Command {
+    fn stdin_piped_with(&mut self, input: &str) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(out.stdout)
     }
 }

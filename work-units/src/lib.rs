@@ -23,6 +23,7 @@ mod driver;
 mod error;
 mod host;
 pub mod limits;
+pub mod nan_rewrite;
 mod sandbox;
 
 pub use control::UnitControl;
@@ -32,12 +33,19 @@ pub use host::{FIXED_MONOTONIC_NANOS, FIXED_WALL_CLOCK_SECS, RANDOM_CONTEXT, STD
 pub use limits::{ParseError, SandboxLimits, parse_duration, parse_fuel, parse_size};
 #[doc(hidden)]
 pub use sandbox::EngineTuning;
-pub use sandbox::{App, MAX_WASM_STACK, Sandbox, SandboxConfig, SandboxError, UnitOutcome};
+pub use sandbox::{
+    App, MAX_WASM_STACK, NanCanonicalization, Sandbox, SandboxConfig, SandboxError, UnitOutcome,
+};
 
 /// The engine that produced every fuel figure and compiled artifact. Fuel
 /// is comparable only between hosts reporting the same version, so results
 /// carry it.
-pub const ENGINE_VERSION: &str = "wasmtime-48.0.8";
+///
+/// The suffix names the NaN canonicalization rewrite (`nan_rewrite.rs`):
+/// it decides which instructions a module runs, so fuel figures of
+/// different rewrite versions differ, and results computed before the
+/// rewrite (`"wasmtime-48.0.8"`) are never counted with results after it.
+pub const ENGINE_VERSION: &str = "wasmtime-48.0.8+nan-observed.1";
 
 /// The AppId of an app given as wasm or WAT, without compiling it: BLAKE3 of
 /// the wasm binary. `None` when WAT text does not parse.

@@ -1,10 +1,16 @@
 //! The sandbox: one wasmtime engine configured for determinism, compiling
 //! apps (once, with an on-disk cache) and running units under limits.
 //!
-//! Why each engine setting (see also DESIGN.md, "Sandbox determinism"):
+//! Why each engine setting:
 //! * NaN canonicalization: x86 and Arm produce different NaN bit patterns
 //!   for the same float operation; canonical NaNs make float results
-//!   bit-identical across hosts.
+//!   bit-identical across hosts. The app is rewritten at compile time to
+//!   canonicalize only where a NaN's bits can be observed
+//!   (`nan_rewrite.rs`), and compiled with wasmtime's own canonicalization
+//!   (a compare and select after every float operation, ~5× on float
+//!   kernels) off. A module the rewrite cannot handle is compiled as is on a
+//!   second engine with wasmtime's canonicalization on: same results, the
+//!   old speed.
 //! * Relaxed SIMD off (and deterministic, should it be enabled later): its
 //!   instructions are allowed to differ per CPU.
 //! * Threads, shared memory, memory64, multi-memory, GC, the component
@@ -26,7 +32,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -45,6 +51,7 @@ use crate::host::{
     self, FixedMonotonicClock, FixedWallClock, HostStop, Limiter, StopReason, UnitState,
 };
 use crate::limits::SandboxLimits;
+use crate::nan_rewrite;
 
 /// Guest stack limit. Units run on a wasmtime fiber stack (wasmtime's
 /// default `async_stack_size`, 2 MiB), not on the calling thread's stack,
@@ -89,6 +96,38 @@ pub struct SandboxConfig {
     pub concurrent_units: u32,
 }
 
+/// How an app's float results are made deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NanCanonicalization {
+    /// The module was rewritten to canonicalize NaNs only where their bits
+    /// become observable (the production path).
+    AtObservation,
+    /// wasmtime canonicalizes the result of every float operation: the
+    /// fallback for a module the rewrite cannot handle, and the engine
+    /// before the rewrite. Same results, slower float code.
+    Full,
+    /// No canonicalization: results may differ between hosts. Benchmarks
+    /// only.
+    Off,
+}
+
+impl NanCanonicalization {
+    /// A short name for logs and summary lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NanCanonicalization::AtObservation => "observed",
+            NanCanonicalization::Full => "full",
+            NanCanonicalization::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for NanCanonicalization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Engine switches for measurements only (the benchmark compares the cost
 /// of metering and determinism). Results obtained with anything but the
 /// default are not comparable with other hosts' results.
@@ -102,7 +141,13 @@ pub struct EngineTuning {
     /// units through fuel yields, with a deadline never reached, so their
     /// cost can still be measured. Off in production.
     pub epochs: bool,
-    pub nan_canonicalization: bool,
+    /// `AtObservation` in production; `Full` is the engine before the
+    /// rewrite (and the fallback), `Off` has no determinism for floats.
+    pub nan: NanCanonicalization,
+    /// A compilation target other than the host, e.g. `"pulley64"`
+    /// (wasmtime's portable interpreter, with wasmtime's `pulley` feature):
+    /// the tests use it as a second architecture.
+    pub target: Option<&'static str>,
 }
 
 impl Default for EngineTuning {
@@ -110,7 +155,8 @@ impl Default for EngineTuning {
         EngineTuning {
             fuel: true,
             epochs: false,
-            nan_canonicalization: true,
+            nan: NanCanonicalization::AtObservation,
+            target: None,
         }
     }
 }
@@ -128,6 +174,11 @@ pub struct App {
     id: [u8; 32],
     pre: InstancePre<UnitState>,
     from_cache: bool,
+    /// BLAKE3 of the module compiled (the rewritten one, if rewritten): the
+    /// compile cache's key.
+    code_id: [u8; 32],
+    nan: NanCanonicalization,
+    fallback_reason: Option<Arc<str>>,
 }
 
 impl App {
@@ -140,6 +191,17 @@ impl App {
     pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
     }
+
+    /// How this app's NaNs are canonicalized.
+    pub fn nan_canonicalization(&self) -> NanCanonicalization {
+        self.nan
+    }
+
+    /// Why the NaN rewrite could not be used for this app, when the
+    /// sandbox fell back to full canonicalization.
+    pub fn nan_fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -147,6 +209,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("id", &blake3::Hash::from_bytes(self.id).to_hex().as_str())
             .field("from_cache", &self.from_cache)
+            .field("nan", &self.nan)
             .finish()
     }
 }
@@ -163,26 +226,90 @@ pub struct UnitOutcome {
     pub stderr: Vec<u8>,
     /// Running time, paused time excluded. Not comparable between hosts.
     pub wall_time: Duration,
+    /// How NaNs were canonicalized (a property of the app under this
+    /// [`crate::ENGINE_VERSION`], the same on every host).
+    pub nan: NanCanonicalization,
 }
 
 /// The deterministic, metered wasm sandbox. `Send + Sync`: share one (e.g.
 /// in an `Arc`) between worker threads; each [`Sandbox::run`] uses its own
 /// store.
 pub struct Sandbox {
+    /// Compiles and runs apps under the tuning's canonicalization
+    /// (rewritten apps, in production).
+    main: EngineParts,
+    /// wasmtime's full canonicalization, for apps the rewrite cannot
+    /// handle; made on first need (its instance pool reserves address
+    /// space).
+    fallback: OnceLock<Result<EngineParts, SandboxError>>,
+    allowed_imports: HashSet<String>,
+    cache_dir: Option<PathBuf>,
+    concurrent_units: u32,
+    tuning: EngineTuning,
+}
+
+/// One wasmtime engine with what compiling and running on it needs.
+struct EngineParts {
     engine: Engine,
     linker: Linker<UnitState>,
-    allowed_imports: HashSet<String>,
     cache: Option<ModuleCache>,
-    tuning: EngineTuning,
     pooled: bool,
 }
 
-fn engine_config(tuning: EngineTuning, pool_slots_wanted: Option<u32>) -> Config {
+impl EngineParts {
+    /// An engine with wasmtime's NaN canonicalization `full` or not, and
+    /// the tuning's metering.
+    fn new(
+        tuning: EngineTuning,
+        full_canonicalization: bool,
+        concurrent_units: u32,
+        cache_dir: Option<&PathBuf>,
+    ) -> Result<EngineParts, SandboxError> {
+        // The pool reserves its address space up front, which a host with
+        // a small address space (`ulimit -v`, 39-bit arm64 kernels) may
+        // refuse; units then get fresh mappings, as before the pool.
+        let slots = pool_slots(concurrent_units);
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine {
+            reason: format!("{e:#}"),
+        };
+        let config =
+            engine_config(tuning, full_canonicalization, Some(slots)).map_err(engine_error)?;
+        let (engine, pooled) = match Engine::new(&config) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(error = %e, slots, "cannot reserve the sandbox's instance pool; mapping each unit's memory on its own");
+                let config =
+                    engine_config(tuning, full_canonicalization, None).map_err(engine_error)?;
+                (Engine::new(&config).map_err(engine_error)?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine {
+            reason: e.to_string(),
+        })?;
+        let cache = cache_dir.map(|dir| ModuleCache::new(dir.clone(), &engine));
+        Ok(EngineParts {
+            engine,
+            linker,
+            cache,
+            pooled,
+        })
+    }
+}
+
+fn engine_config(
+    tuning: EngineTuning,
+    full_canonicalization: bool,
+    pool_slots_wanted: Option<u32>,
+) -> Result<Config, wasmtime::Error> {
     let mut config = Config::new();
+    if let Some(target) = tuning.target {
+        config.target(target)?;
+    }
     config
         .strategy(Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
-        .cranelift_nan_canonicalization(tuning.nan_canonicalization)
+        .cranelift_nan_canonicalization(full_canonicalization)
         .consume_fuel(tuning.fuel)
         .epoch_interruption(tuning.epochs)
         .max_wasm_stack(MAX_WASM_STACK)
@@ -210,7 +337,7 @@ fn engine_config(tuning: EngineTuning, pool_slots_wanted: Option<u32>) -> Config
     // name the limit) is what a unit meets first; only the 4 GiB memory
     // cap, wasm32's own, is the pool's.
     let Some(slots) = pool_slots_wanted else {
-        return config;
+        return Ok(config);
     };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(slots)
@@ -230,7 +357,7 @@ fn engine_config(tuning: EngineTuning, pool_slots_wanted: Option<u32>) -> Config
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config
+    Ok(config)
 }
 
 fn new_state(input: &[u8], seed: &[u8; 32], limits: &SandboxLimits) -> UnitState {
@@ -283,50 +410,57 @@ impl Sandbox {
         config: SandboxConfig,
         tuning: EngineTuning,
     ) -> Result<Sandbox, SandboxError> {
-        // The pool reserves its address space up front, which a host with
-        // a small address space (`ulimit -v`, 39-bit arm64 kernels) may
-        // refuse; units then get fresh mappings, as before the pool.
-        let slots = pool_slots(config.concurrent_units);
-        let (engine, pooled) = match Engine::new(&engine_config(tuning, Some(slots))) {
-            Ok(engine) => (engine, true),
-            Err(e) => {
-                tracing::warn!(error = %e, slots, "cannot reserve the sandbox's instance pool; mapping each unit's memory on its own");
-                let engine = Engine::new(&engine_config(tuning, None)).map_err(|e| {
-                    SandboxError::Engine {
-                        reason: e.to_string(),
-                    }
-                })?;
-                (engine, false)
-            }
-        };
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine {
-            reason: e.to_string(),
-        })?;
+        let main = EngineParts::new(
+            tuning,
+            tuning.nan == NanCanonicalization::Full,
+            config.concurrent_units,
+            config.cache_dir.as_ref(),
+        )?;
         // The import allow-list is exactly what the linker defines; listing
         // it needs a store, so use a throwaway one.
-        let mut scratch = Store::new(&engine, new_state(&[], &[0; 32], &SandboxLimits::default()));
-        let allowed_imports = linker
+        let mut scratch = Store::new(
+            &main.engine,
+            new_state(&[], &[0; 32], &SandboxLimits::default()),
+        );
+        let allowed_imports = main
+            .linker
             .iter(&mut scratch)
             .filter(|(module, _, _)| *module == WASI_MODULE)
             .map(|(_, name, _)| name.to_owned())
             .collect();
         drop(scratch);
-        let cache = config.cache_dir.map(|dir| ModuleCache::new(dir, &engine));
         Ok(Sandbox {
-            engine,
-            linker,
+            main,
+            fallback: OnceLock::new(),
             allowed_imports,
-            cache,
+            cache_dir: config.cache_dir,
+            concurrent_units: config.concurrent_units,
             tuning,
-            pooled,
         })
     }
 
     /// Whether units run in the instance pool (false where the host refused
     /// its address space and each unit maps its own memory).
     pub fn is_pooled(&self) -> bool {
-        self.pooled
+        self.main.pooled
+    }
+
+    /// The engine with wasmtime's full canonicalization, for apps the
+    /// rewrite cannot handle.
+    fn fallback(&self) -> Result<&EngineParts, CompileError> {
+        self.fallback
+            .get_or_init(|| {
+                EngineParts::new(
+                    self.tuning,
+                    true,
+                    self.concurrent_units,
+                    self.cache_dir.as_ref(),
+                )
+            })
+            .as_ref()
+            .map_err(|e| CompileError::InvalidModule {
+                reason: e.to_string(),
+            })
     }
 
     /// Compiles an app (wasm binary, or WAT text when the bytes do not start
@@ -341,14 +475,42 @@ impl Sandbox {
             })?
         };
         let id = *blake3::hash(&wasm).as_bytes();
-        let cached = self
+        // What is compiled, on which engine: the rewritten module on the
+        // main engine, or (fallback, or a benchmark's tuning) the original.
+        let (parts, code, nan, fallback_reason) = match self.tuning.nan {
+            NanCanonicalization::AtObservation => match nan_rewrite::rewrite(&wasm) {
+                Ok((rewritten, stats)) => {
+                    tracing::debug!(app = %blake3::Hash::from_bytes(id), ?stats, "NaN canonicalization at observation points");
+                    (
+                        &self.main,
+                        Cow::Owned(rewritten),
+                        NanCanonicalization::AtObservation,
+                        None,
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(app = %blake3::Hash::from_bytes(id), error = %e, "cannot rewrite the app's NaN canonicalization; using full canonicalization (same results, slower float code)");
+                    (
+                        self.fallback()?,
+                        wasm,
+                        NanCanonicalization::Full,
+                        Some(Arc::<str>::from(e.to_string())),
+                    )
+                }
+            },
+            other => (&self.main, wasm, other, None),
+        };
+        // The cache is keyed by what is compiled (the rewritten module when
+        // there is one) and by the engine's settings.
+        let key = *blake3::hash(&code).as_bytes();
+        let cached = parts
             .cache
             .as_ref()
-            .and_then(|cache| cache.load(&self.engine, &id));
+            .and_then(|cache| cache.load(&parts.engine, &key));
         let from_cache = cached.is_some();
         let module = match cached {
             Some(module) => module,
-            None => Module::from_binary(&self.engine, &wasm).map_err(|e| {
+            None => Module::from_binary(&parts.engine, &code).map_err(|e| {
                 CompileError::InvalidModule {
                     reason: format!("{e:#}"),
                 }
@@ -364,24 +526,33 @@ impl Sandbox {
         }
         // Resolves every import and checks its type once, here.
         let pre =
-            self.linker
+            parts
+                .linker
                 .instantiate_pre(&module)
                 .map_err(|e| CompileError::InvalidModule {
                     reason: format!("{e:#}"),
                 })?;
-        if !from_cache && let Some(cache) = &self.cache {
-            cache.store(&id, &module);
+        if !from_cache && let Some(cache) = &parts.cache {
+            cache.store(&key, &module);
         }
         Ok(App {
             id,
             pre,
             from_cache,
+            code_id: key,
+            nan,
+            fallback_reason,
         })
     }
 
-    /// Where the compiled artifact of `app_id` is cached, if caching is on.
-    pub fn cache_file(&self, app_id: &[u8; 32]) -> Option<PathBuf> {
-        self.cache.as_ref().map(|c| c.file_for(app_id))
+    /// Where the compiled artifact of `app` is cached, if caching is on.
+    pub fn cache_file(&self, app: &App) -> Option<PathBuf> {
+        let parts = if Engine::same(app.pre.module().engine(), &self.main.engine) {
+            &self.main
+        } else {
+            self.fallback.get()?.as_ref().ok()?
+        };
+        parts.cache.as_ref().map(|c| c.file_for(&app.code_id))
     }
 
     /// Runs one unit: `app`'s `_start` with `input` on stdin and the random
@@ -411,11 +582,18 @@ impl Sandbox {
     ) -> (Result<UnitOutcome, UnitError>, Vec<u8>) {
         // An app compiled by another sandbox belongs to another engine;
         // wasmtime would panic on instantiating it here.
-        if !Engine::same(app.pre.module().engine(), &self.engine) {
+        let engine = app.pre.module().engine();
+        let ours = Engine::same(engine, &self.main.engine)
+            || self
+                .fallback
+                .get()
+                .and_then(|f| f.as_ref().ok())
+                .is_some_and(|f| Engine::same(engine, &f.engine));
+        if !ours {
             let reason = "app was compiled by a different Sandbox".to_owned();
             return (Err(UnitError::InvalidModule { reason }), Vec::new());
         }
-        let mut store = Store::new(&self.engine, new_state(input, &seed, limits));
+        let mut store = Store::new(engine, new_state(input, &seed, limits));
         store.limiter(|state| &mut state.limiter);
         let result = self.run_in(&mut store, app, limits, control);
         let stderr = match &result {
@@ -522,6 +700,7 @@ impl Sandbox {
             fuel_used,
             stderr: std::mem::take(&mut state.stderr),
             wall_time: run_time.saturating_sub(paused),
+            nan: app.nan,
         })
     }
 

@@ -24,7 +24,7 @@ fn compiled_once_then_loaded_from_cache() {
     let app = first.compile(apps::PRIMES_WAT.as_bytes()).expect("compile");
     assert!(!app.loaded_from_cache());
     let expected = primes_output(&first, &app);
-    let file = first.cache_file(&app.id()).expect("cache on");
+    let file = first.cache_file(&app).expect("cache on");
     assert!(file.exists());
 
     let second = cached_sandbox(dir.path());
@@ -44,7 +44,7 @@ fn corrupt_cache_file_is_discarded_and_recompiled() {
         .compile(apps::PRIMES_WAT.as_bytes())
         .expect("compile");
     let expected = primes_output(&sandbox, &app);
-    let file = sandbox.cache_file(&app.id()).expect("cache on");
+    let file = sandbox.cache_file(&app).expect("cache on");
     let pristine = std::fs::read(&file).expect("read cache");
 
     // A flipped bit anywhere (checksum or artifact), and a truncated file.

@@ -7,6 +7,8 @@ mod apps;
 mod cache;
 mod control;
 mod hostile;
+mod nan;
+mod nan_differential;
 mod pool;
 
 use formic_work_units::{App, Sandbox, SandboxConfig, SandboxLimits, UnitError, UnitOutcome};
@@ -45,7 +47,13 @@ fn public_types_are_send_and_sync() {
     check::<UnitError>();
 }
 
+/// Fuel and results are comparable only within one engine version: the
+/// wasmtime version and the NaN rewrite's version. Changing either (or the
+/// rewrite's behaviour, or wasmparser's) must change this string.
 #[test]
 fn engine_version_is_pinned() {
-    assert_eq!(formic_work_units::ENGINE_VERSION, "wasmtime-48.0.8");
+    assert_eq!(
+        formic_work_units::ENGINE_VERSION,
+        "wasmtime-48.0.8+nan-observed.1"
+    );
 }
