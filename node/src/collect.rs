@@ -33,6 +33,11 @@ pub struct ResultsFile {
     pub units: usize,
     pub validated: usize,
     pub results: Vec<ResultEntry>,
+    /// The sandbox engine every result was computed on (the manifest's):
+    /// wasmtime's version and the NaN canonicalization rewrite's. Absent in
+    /// folders written before it was recorded.
+    #[serde(default)]
+    pub engine: String,
 }
 
 /// Output formats of the results table.
@@ -119,6 +124,7 @@ pub async fn write_results(
         units: state.unit_count(),
         validated: results.len(),
         results,
+        engine: state.manifest().engine.clone(),
     };
     let bundle = EvidenceBundle::from_state(manifest.clone(), state);
     let evidence = bundle.to_bytes().map_err(|e| CollectError::Malformed {

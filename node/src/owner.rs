@@ -162,6 +162,8 @@ pub fn build_project(
     let manifest = ProjectManifest {
         name: opts.name.clone(),
         app: BlobRef::of(&app),
+        // Units run on this node's engine; only results from it count.
+        engine: formic_work_units::ENGINE_VERSION.to_owned(),
         limits: Limits {
             fuel_per_unit: opts.fuel_per_unit,
             memory_bytes: opts.memory_bytes,

@@ -131,6 +131,11 @@ pub struct ProjectManifest {
     pub name: String,
     /// The app: a WASI preview 1 command module.
     pub app: BlobRef,
+    /// The sandbox engine every unit runs on (the publishing node's
+    /// `formic_work_units::ENGINE_VERSION`). Fuel and results are
+    /// comparable only within one engine, so a reveal computed on any other
+    /// is not evidence for this project.
+    pub engine: String,
     /// Resource limits for every unit.
     pub limits: Limits,
     /// Redundancy and validation asked for.

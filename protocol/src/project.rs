@@ -70,6 +70,15 @@ pub enum RecordError {
     /// An announcement was given to the project state.
     #[error("announcements are handled by the node, not the project state")]
     NotAProjectRecord,
+    /// The reveal was computed on another sandbox engine than the project
+    /// names: its result is not comparable, so it is not evidence.
+    #[error("the reveal was computed on engine {found:?}, but the project runs on {expected:?}")]
+    WrongEngine {
+        /// The manifest's engine.
+        expected: String,
+        /// The reveal's engine.
+        found: String,
+    },
 }
 
 /// Whether a record was new.
@@ -422,6 +431,15 @@ impl ProjectState {
             Gossip::Reveal(s) => {
                 let r = s.verify()?;
                 self.check_unit(&r.unit)?;
+                // Results of two engines never meet in one quorum: an older
+                // engine's NaN bits or fuel would differ from this one's
+                // without anyone being wrong.
+                if r.engine != self.manifest.engine {
+                    return Err(RecordError::WrongEngine {
+                        expected: self.manifest.engine.clone(),
+                        found: r.engine,
+                    });
+                }
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &r.unit, &w)?;
                 let committed = match recs.seals.get(&w) {
@@ -1120,6 +1138,7 @@ mod tests {
         let manifest = ProjectManifest {
             name: "next_work".into(),
             app: BlobRef::of(b"app"),
+            engine: "test".into(),
             limits: Limits {
                 fuel_per_unit: 1_000,
                 memory_bytes: 1 << 20,

@@ -22,6 +22,7 @@ fn project(
     let manifest = ProjectManifest {
         name: "reverse".into(),
         app: BlobRef::of(b"app"),
+        engine: "test".into(),
         limits: Limits {
             fuel_per_unit: 1_000_000,
             memory_bytes: 1 << 20,
@@ -319,11 +320,11 @@ fn hostile_records_are_rejected_with_a_reason() {
     };
     let (commit, _) = w
         .state
-        .commit(&k, unit, Data::Inline(b"a".to_vec()), 1, "t")
+        .commit(&k, unit, Data::Inline(b"a".to_vec()), 1, "test")
         .expect("commit");
     let (_, other_reveal) = w
         .state
-        .commit(&k, unit, Data::Inline(b"b".to_vec()), 1, "t")
+        .commit(&k, unit, Data::Inline(b"b".to_vec()), 1, "test")
         .expect("commit");
     assert_eq!(
         w.state.apply(&Gossip::Commit(commit.clone())),
@@ -344,7 +345,7 @@ fn hostile_records_are_rejected_with_a_reason() {
         result_hash: ContentId::of(b"a"),
         output: Data::Inline(b"not a".to_vec()),
         fuel_used: 1,
-        engine: "t".into(),
+        engine: "test".into(),
     };
     assert_eq!(
         w.state
@@ -523,4 +524,48 @@ fn the_verdicts_revision_changes_whenever_the_verdicts_do() {
     assert_eq!(claim.signer(), me);
     let _ = workers[0].state.apply(&Gossip::Claim(claim));
     assert_eq!(workers[0].state.verdicts_revision(), before);
+}
+
+/// Results computed on different sandbox engines are never counted
+/// together: a reveal from another engine is refused, so two workers on
+/// different engines do not make a quorum of two, whatever they answer.
+#[test]
+fn results_of_two_engines_never_meet_in_one_quorum() {
+    let (_, mut workers) = setup(1, &[], 1, 2, 3);
+    let w = &mut workers[0];
+    let unit = UnitRef {
+        project: w.state.id(),
+        index: 0,
+    };
+    let output = Data::Inline(b"same answer".to_vec());
+    let on_engine = |state: &ProjectState, engine: &str| {
+        let key = Keypair::generate_ed25519();
+        state
+            .commit(&key, unit, output.clone(), 7, engine)
+            .expect("commit")
+    };
+    // One worker on the project's engine, one on an older engine.
+    let (c1, r1) = on_engine(&w.state, "test");
+    let (c2, r2) = on_engine(&w.state, "older-engine");
+    for g in [Gossip::Commit(c1), Gossip::Commit(c2), Gossip::Reveal(r1)] {
+        assert_eq!(w.state.apply(&g), Ok(Applied::New));
+    }
+    assert_eq!(
+        w.state.apply(&Gossip::Reveal(r2)),
+        Err(RecordError::WrongEngine {
+            expected: "test".into(),
+            found: "older-engine".into(),
+        })
+    );
+    assert!(
+        w.state.validated().is_empty(),
+        "a quorum was made across engines"
+    );
+    // A second worker on the project's engine completes the quorum.
+    let (c3, r3) = on_engine(&w.state, "test");
+    assert_eq!(w.state.apply(&Gossip::Commit(c3)), Ok(Applied::New));
+    assert_eq!(w.state.apply(&Gossip::Reveal(r3)), Ok(Applied::New));
+    let validated = w.state.validated();
+    assert_eq!(validated.len(), 1);
+    assert_eq!(validated[0].workers.len(), 2);
 }

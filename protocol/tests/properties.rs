@@ -38,13 +38,20 @@ fn manifest() -> impl Strategy<Value = ProjectManifest> {
         blob_ref(),
         any::<[u64; 4]>(),
         (any::<u16>(), any::<u16>(), any::<u64>(), any::<u32>()),
-        any::<u64>(),
+        (any::<u64>(), ".{0,40}"),
     )
         .prop_map(
-            |(name, app, l, (quorum, max_replicas, lease_ms, audit_rate_ppm), created_at_ms)| {
+            |(
+                name,
+                app,
+                l,
+                (quorum, max_replicas, lease_ms, audit_rate_ppm),
+                (created_at_ms, engine),
+            )| {
                 ProjectManifest {
                     name,
                     app,
+                    engine,
                     limits: Limits {
                         fuel_per_unit: l[0],
                         memory_bytes: l[1],

@@ -81,14 +81,29 @@ const MAX_LABEL_WORK: u64 = 1 << 26;
 /// canonicalization).
 #[derive(Debug, Error)]
 pub enum RewriteError {
+    /// The module does not parse or validate with the sandbox's features
+    /// (wasmtime then reports its own error for it).
     #[error("not a valid module for the sandbox's feature set: {0}")]
     Invalid(#[from] wasmparser::BinaryReaderError),
+    /// Function `func` uses something the rewrite has no rule for.
     #[error("function {func}: {what}")]
-    Unsupported { func: u32, what: String },
+    Unsupported {
+        /// Index of the function in the module's function space.
+        func: u32,
+        /// What was not modelled.
+        what: String,
+    },
+    /// Function `func`'s dataflow did not settle.
     #[error("function {func}: the float dataflow did not settle in {MAX_PASSES} passes")]
-    NoFixpoint { func: u32 },
+    NoFixpoint {
+        /// Index of the function in the module's function space.
+        func: u32,
+    },
+    /// wasm-encoder could not re-encode a section.
     #[error("cannot re-encode the module: {0}")]
     Encode(String),
+    /// The rewrite produced an invalid module (a bug in the rewrite; the
+    /// original then runs under full canonicalization).
     #[error("the rewritten module does not validate: {0}")]
     OutputInvalid(wasmparser::BinaryReaderError),
 }

@@ -115,6 +115,11 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(why) = app.nan_fallback_reason() {
+        eprintln!(
+            "formic exec: the NaN rewrite cannot handle this app ({why}); its floats are canonicalized after every operation instead (same results, slower)"
+        );
+    }
     let seed = args.seed.unwrap_or_else(|| default_seed(&app.id(), &input));
     let (result, guest_stderr) = sandbox.run_with_stderr(&app, &input, seed, &limits, None);
     // The guest's own diagnostics first, so the summary stays the last line.
@@ -133,11 +138,12 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|()| stdout.flush())
                 .context("cannot write the unit output")?;
             eprintln!(
-                "formic exec: ok fuel={} wall={:.3}s output={}B blake3={} engine={ENGINE_VERSION}",
+                "formic exec: ok fuel={} wall={:.3}s output={}B blake3={} engine={ENGINE_VERSION} nan={}",
                 outcome.fuel_used,
                 outcome.wall_time.as_secs_f64(),
                 outcome.output.len(),
                 blake3::hash(&outcome.output).to_hex(),
+                outcome.nan,
             );
             Ok(ExitCode::SUCCESS)
         }

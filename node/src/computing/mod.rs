@@ -1427,6 +1427,18 @@ async fn load(
             }
         }
     }
+    // A project pinned to another sandbox engine is followed (its records
+    // and blobs are kept and served) but not computed: results of this
+    // engine would not count there.
+    let compute = compute
+        && {
+            let same = m.engine == formic_work_units::ENGINE_VERSION;
+            if !same {
+                tracing::warn!(project = %announce.project.short(), wants = %m.engine, runs = formic_work_units::ENGINE_VERSION,
+                "project needs another sandbox engine; following it without computing");
+            }
+            same
+        };
     let app = if compute {
         let wasm = client
             .fetch_blob(m.app)
