@@ -21,6 +21,10 @@
 //! figures: compiler-built code, as volunteers will run it; the WAT rows
 //! above are hand-written worst cases.
 
+// Benchmark code: a failing unwrap or expect is a benchmark failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 
 /// Iteration counts of the tile whose pixel (x, y) is
 /// c = (x0 + x*step) + (y0 + y*step)i, as little-endian u32s.
-pub fn mandelbrot_native(x0: f64, y0: f64, step: f64, w: u32, h: u32, max: u32) -> Vec<u8> {
+pub(crate) fn mandelbrot_native(x0: f64, y0: f64, step: f64, w: u32, h: u32, max: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity((w as usize) * (h as usize) * 4);
     for y in 0..h {
         let cy = y0 + (y as f64) * step;

@@ -16,11 +16,11 @@ use wasmtime::{
 };
 
 /// Fuel for instantiation and for each exported call.
-pub const FUEL: u64 = 200_000;
+pub(crate) const FUEL: u64 = 200_000;
 
 /// A wasm-smith configuration for float-heavy modules within the sandbox's
 /// feature set: no imports, everything exported.
-pub fn smith_config() -> wasm_smith::Config {
+pub(crate) fn smith_config() -> wasm_smith::Config {
     wasm_smith::Config {
         max_imports: 0,
         min_funcs: 3,
@@ -68,7 +68,7 @@ pub fn smith_config() -> wasm_smith::Config {
 
 /// What one side did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Results as raw bits.
     Returned(Vec<u128>),
     Trapped(String),
@@ -80,19 +80,19 @@ pub enum Outcome {
 /// Everything observable after running each exported function, each in a
 /// fresh instance (so a call that runs out of fuel costs only itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
-    pub instantiate: Outcome,
-    pub calls: Vec<Call>,
+pub(crate) struct Observation {
+    pub(crate) instantiate: Outcome,
+    pub(crate) calls: Vec<Call>,
 }
 
 /// One exported function's call in its own instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub name: String,
-    pub outcome: Outcome,
+pub(crate) struct Call {
+    pub(crate) name: String,
+    pub(crate) outcome: Outcome,
     /// Then the exported globals (bits) and a BLAKE3 of each exported
     /// memory, in export order (empty when the call stopped).
-    pub state: Vec<(String, u128)>,
+    pub(crate) state: Vec<(String, u128)>,
 }
 
 fn engine(full_canonicalization: bool) -> Engine {
@@ -112,13 +112,13 @@ fn engine(full_canonicalization: bool) -> Engine {
 }
 
 /// The two engines: full canonicalization (reference) and none (rewrite).
-pub struct Engines {
+pub(crate) struct Engines {
     full: Engine,
     none: Engine,
 }
 
 impl Engines {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Engines {
             full: engine(true),
             none: engine(false),
@@ -190,7 +190,7 @@ fn outcome_of(e: &wasmtime::Error) -> Outcome {
 /// Runs `wasm` on `engine`: for each exported function, instantiates the
 /// module afresh, calls the function with NaN-rich arguments, then reads the
 /// exported state.
-pub fn observe(engine: &Engine, wasm: &[u8]) -> Result<Observation, String> {
+pub(crate) fn observe(engine: &Engine, wasm: &[u8]) -> Result<Observation, String> {
     let module = Module::new(engine, wasm).map_err(|e| format!("{e:#}"))?;
     let instantiate =
         |store: &mut Store<StoreLimits>| -> Result<Result<Instance, Outcome>, String> {
@@ -289,7 +289,7 @@ fn exported_state(store: &mut Store<StoreLimits>, instance: &Instance) -> Vec<(S
 
 /// What one differential case found.
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Both sides agree on everything comparable: `calls` exported calls
     /// compared, `canons` canonicalizations the rewrite inserted.
     Same { calls: usize, canons: u32 },
@@ -303,7 +303,7 @@ pub enum Verdict {
 
 /// Compares the module under full canonicalization with its rewrite.
 /// Returns an error describing the first difference.
-pub fn check(engines: &Engines, wasm: &[u8]) -> Result<Verdict, String> {
+pub(crate) fn check(engines: &Engines, wasm: &[u8]) -> Result<Verdict, String> {
     let reference = match observe(&engines.full, wasm) {
         Ok(o) => o,
         Err(e) => return Ok(Verdict::Rejected(e)),

@@ -44,6 +44,7 @@ pub(crate) enum Check {
 }
 
 impl UnitControl {
+    /// A control for one unit: running, not paused, not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
@@ -84,10 +85,12 @@ impl UnitControl {
         self.update(|s| s.cancelled = true);
     }
 
+    /// Whether a pause was asked for (the unit may not have stopped yet).
     pub fn is_paused(&self) -> bool {
         self.lock().paused
     }
 
+    /// Whether the unit was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.lock().cancelled
     }

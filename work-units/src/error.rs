@@ -14,10 +14,18 @@ pub enum CompileError {
     /// Not valid WebAssembly (binary or text), or rejected by the sandbox's
     /// feature set (threads, memory64, multiple memories, …).
     #[error("invalid module: {reason}")]
-    InvalidModule { reason: String },
+    InvalidModule {
+        /// The parser's or wasmtime's message.
+        reason: String,
+    },
     /// The module imports something outside WASI preview 1.
     #[error("forbidden import {module}::{name}: only wasi_snapshot_preview1 functions are allowed")]
-    ForbiddenImport { module: String, name: String },
+    ForbiddenImport {
+        /// The import's module name.
+        module: String,
+        /// The import's field name.
+        name: String,
+    },
 }
 
 /// Why a unit ended without a result.
@@ -25,37 +33,64 @@ pub enum CompileError {
 pub enum UnitError {
     /// The `_start` call used its whole fuel budget.
     #[error("fuel limit exhausted (budget {budget})")]
-    FuelExhausted { budget: u64 },
+    FuelExhausted {
+        /// The budget, in fuel units.
+        budget: u64,
+    },
     /// The guest tried to grow linear memory beyond the limit (bytes).
     #[error("memory limit exceeded (limit {limit} bytes)")]
-    MemoryLimit { limit: u64 },
+    MemoryLimit {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The guest wrote more than the output limit (bytes) to stdout.
     #[error("output limit exceeded (limit {limit} bytes)")]
-    OutputTooLarge { limit: u64 },
+    OutputTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The unit ran longer than the wall-clock limit (paused time excluded).
     #[error("wall-clock limit exceeded (limit {limit:?})")]
-    Timeout { limit: Duration },
+    Timeout {
+        /// The limit.
+        limit: Duration,
+    },
     /// The unit was cancelled through its [`crate::UnitControl`].
     #[error("cancelled")]
     Cancelled,
     /// The guest trapped (unreachable, out-of-bounds access, stack overflow,
     /// division by zero, …).
     #[error("trap: {message}")]
-    Trap { message: String },
+    Trap {
+        /// wasmtime's description of the trap.
+        message: String,
+    },
     /// The guest called `proc_exit` with a non-zero status.
     #[error("exited with status {code}")]
-    Exit { code: i32 },
+    Exit {
+        /// The status the guest passed to `proc_exit`.
+        code: i32,
+    },
     /// The module could not be instantiated or its `_start` has the wrong
     /// type.
     #[error("invalid module: {reason}")]
-    InvalidModule { reason: String },
+    InvalidModule {
+        /// wasmtime's message.
+        reason: String,
+    },
     /// The module does not export the named function (`_start`).
     #[error("missing export {name}")]
-    MissingExport { name: String },
+    MissingExport {
+        /// The export's name.
+        name: String,
+    },
     /// This host already runs as many units as its sandbox has slots: a
     /// condition of the host, not of the unit, which may run later.
     #[error("the sandbox is full ({reason}); try again later")]
-    HostBusy { reason: String },
+    HostBusy {
+        /// Why the host could not take the unit.
+        reason: String,
+    },
 }
 
 impl UnitError {

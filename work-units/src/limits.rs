@@ -42,16 +42,23 @@ impl Default for SandboxLimits {
 /// A quantity on the command line could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseError {
+    /// Nothing was given.
     #[error("empty value")]
     Empty,
+    /// The number part does not parse (the whole input).
     #[error("invalid number in {0:?}")]
     Number(String),
+    /// The unit suffix is not one this quantity accepts.
     #[error("unknown unit {unit:?} in {input:?} (expected one of {expected})")]
     Unit {
+        /// The whole input.
         input: String,
+        /// The suffix that was not recognized.
         unit: String,
+        /// The suffixes accepted.
         expected: &'static str,
     },
+    /// The value does not fit in 64 bits (the whole input).
     #[error("{0:?} is too large")]
     Overflow(String),
 }

@@ -164,8 +164,12 @@ impl Default for EngineTuning {
 /// The sandbox could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SandboxError {
+    /// wasmtime refused the engine configuration or the linker setup.
     #[error("cannot create the wasm engine: {reason}")]
-    Engine { reason: String },
+    Engine {
+        /// wasmtime's message.
+        reason: String,
+    },
 }
 
 /// A compiled, import-checked app, ready to run any number of units.
@@ -246,6 +250,17 @@ pub struct Sandbox {
     cache_dir: Option<PathBuf>,
     concurrent_units: u32,
     tuning: EngineTuning,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("tuning", &self.tuning)
+            .field("pooled", &self.main.pooled)
+            .field("cache_dir", &self.cache_dir)
+            .field("fallback_engine", &self.fallback.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One wasmtime engine with what compiling and running on it needs.

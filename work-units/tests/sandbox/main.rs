@@ -3,6 +3,10 @@
 //! resume, and the compiled-module cache. One test binary (with modules)
 //! so the wasmtime-heavy link happens once.
 
+// Test code: a failing unwrap or expect is a test failure with its message
+// (clippy.toml allows them only inside #[test] functions and test modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod apps;
 mod cache;
 mod control;
