@@ -144,3 +144,64 @@ fn a_spot_check_fraction_outside_zero_to_one_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `formic exec` on a WAT app with empty input; returns (stdout,
+/// stderr).
+fn exec_wat(wat: &str) -> (Vec<u8>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app.wat");
+    std::fs::write(&app, wat).expect("write app");
+    let out = formic()
+        .arg("exec")
+        .arg(&app)
+        .args(["--input", "-", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run formic exec");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (out.stdout, stderr)
+}
+
+#[test]
+fn exec_says_how_nans_were_canonicalized() {
+    // 0/0 written through memory: x86 makes 0xffc00000, the sandbox the
+    // canonical 0x7fc00000 on every host.
+    let (stdout, stderr) = exec_wat(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $zero (result f32) f32.const 0)
+  (func (export "_start")
+    (f32.store (i32.const 16) (f32.div (call $zero) (call $zero)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    );
+    assert_eq!(stdout, 0x7fc0_0000u32.to_le_bytes());
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("engine=wasmtime-48.0.8+nan-observed.1")
+            && summary.ends_with("nan=observed"),
+        "{stderr}"
+    );
+
+    // A module the rewrite declines (too many float locals times branches
+    // to track) runs with full canonicalization, and says so.
+    let mut body = String::new();
+    for _ in 0..2_000 {
+        body.push_str("(block (br_if 0 (i32.const 0)))\n");
+    }
+    let (_, stderr) = exec_wat(&format!(
+        "(module (memory (export \"memory\") 1) (func (export \"_start\") (local {}) {body}))",
+        "f64 ".repeat(40_000)
+    ));
+    let mut lines = stderr.lines().rev();
+    let summary = lines.next().unwrap_or_default();
+    assert!(summary.ends_with("nan=full"), "{stderr}");
+    assert!(
+        stderr.contains("the NaN rewrite cannot handle this app"),
+        "{stderr}"
+    );
+}
