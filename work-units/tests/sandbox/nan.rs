@@ -540,3 +540,42 @@ fn a_module_the_rewrite_cannot_handle_falls_back_to_full_canonicalization() {
         .expect("run");
     assert_eq!(out.nan, NanCanonicalization::Full);
 }
+
+/// A compiler-built guest (clang -O2, wasi-libc's libm and printf) printing
+/// the bits of math results on NaN-rich operands: real code, not just the
+/// generated corpus. Source and build command: fixtures/libm_nan.c.
+const LIBM_NAN_WASM: &[u8] = include_bytes!("fixtures/libm_nan.wasm");
+
+fn run_bytes(tuning: EngineTuning, wasm: &[u8]) -> (Vec<u8>, NanCanonicalization) {
+    let sandbox = Sandbox::with_tuning(SandboxConfig::default(), tuning).expect("sandbox");
+    let app = sandbox.compile(wasm).expect("compile");
+    let out = sandbox
+        .run(&app, b"", [0; 32], &SandboxLimits::default(), None)
+        .expect("run");
+    (out.output, out.nan)
+}
+
+#[test]
+fn compiled_c_with_libm_prints_the_same_bits_as_full_canonicalization() {
+    let (full, _) = run_bytes(tuning(NanCanonicalization::Full, None), LIBM_NAN_WASM);
+    let (observed, how) = run_bytes(
+        tuning(NanCanonicalization::AtObservation, None),
+        LIBM_NAN_WASM,
+    );
+    assert_eq!(how, NanCanonicalization::AtObservation);
+    assert!(full.len() > 10_000);
+    assert_eq!(
+        String::from_utf8_lossy(&full),
+        String::from_utf8_lossy(&observed)
+    );
+    let (pulley, _) = run_bytes(
+        tuning(NanCanonicalization::AtObservation, Some("pulley64")),
+        LIBM_NAN_WASM,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&full),
+        String::from_utf8_lossy(&pulley)
+    );
+    let (off, _) = run_bytes(tuning(NanCanonicalization::Off, None), LIBM_NAN_WASM);
+    assert_ne!(off, full, "the guest never prints a host NaN's bits");
+}
