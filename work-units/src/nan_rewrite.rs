@@ -242,6 +242,29 @@ impl Float {
             _ => None,
         }
     }
+
+    fn val_type(self) -> ValType {
+        match self {
+            Float::F32 => ValType::F32,
+            Float::F64 => ValType::F64,
+        }
+    }
+
+    /// Pushes the canonical NaN of this type.
+    fn canonical_nan(self) -> Instruction<'static> {
+        match self {
+            Float::F32 => Instruction::F32Const(f32::from_bits(CANON_F32).into()),
+            Float::F64 => Instruction::F64Const(f64::from_bits(CANON_F64).into()),
+        }
+    }
+
+    /// `x == x`: false exactly for NaNs.
+    fn eq(self) -> Instruction<'static> {
+        match self {
+            Float::F32 => Instruction::F32Eq,
+            Float::F64 => Instruction::F64Eq,
+        }
+    }
 }
 
 /// One operand stack slot as the rewrite sees it.
@@ -509,25 +532,16 @@ impl<'l, 'a> Pass<'l, 'a> {
 
     /// Canonicalizes the value on top of the stack (its type is `float`).
     fn canon_top(&mut self, float: Float) -> Result<(), RewriteError> {
-        let (ty, canon, eq) = match float {
-            Float::F32 => (
-                ValType::F32,
-                Instruction::F32Const(f32::from_bits(CANON_F32).into()),
-                Instruction::F32Eq,
-            ),
-            Float::F64 => (
-                ValType::F64,
-                Instruction::F64Const(f64::from_bits(CANON_F64).into()),
-                Instruction::F64Eq,
-            ),
-        };
-        let t = self.scratch.get(ty, 0).map_err(|e| self.unsupported(e))?;
+        let t = self
+            .scratch
+            .get(float.val_type(), 0)
+            .map_err(|e| self.unsupported(e))?;
         // [x] -> [x, canon, x == x] -> select: x unless it is a NaN.
         self.emit(Instruction::LocalTee(t));
-        self.emit(canon);
+        self.emit(float.canonical_nan());
         self.emit(Instruction::LocalGet(t));
         self.emit(Instruction::LocalGet(t));
-        self.emit(eq);
+        self.emit(float.eq());
         self.emit(Instruction::Select);
         Ok(())
     }
@@ -588,21 +602,12 @@ impl<'l, 'a> Pass<'l, 'a> {
         let Some(Some((float, _))) = self.local_float.get(idx as usize).copied() else {
             return Err(self.unsupported("dirty non-float local"));
         };
-        let (canon, eq) = match float {
-            Float::F32 => (
-                Instruction::F32Const(f32::from_bits(CANON_F32).into()),
-                Instruction::F32Eq,
-            ),
-            Float::F64 => (
-                Instruction::F64Const(f64::from_bits(CANON_F64).into()),
-                Instruction::F64Eq,
-            ),
-        };
+        // Like `canon_top`, reading the local instead of a scratch copy.
         self.emit(Instruction::LocalGet(idx));
-        self.emit(canon);
+        self.emit(float.canonical_nan());
         self.emit(Instruction::LocalGet(idx));
         self.emit(Instruction::LocalGet(idx));
-        self.emit(eq);
+        self.emit(float.eq());
         self.emit(Instruction::Select);
         self.emit(Instruction::LocalSet(idx));
         self.locals[slot] = Taint::Canon;
@@ -868,29 +873,13 @@ impl<'l, 'a> Pass<'l, 'a> {
             }
             Operator::F32Const { value } => {
                 let bits = value.bits();
-                let nan = f32::from_bits(bits).is_nan();
-                self.emit_op(&op)?;
-                self.stack.push(float_slot(
-                    if nan && bits != CANON_F32 {
-                        Taint::Exact
-                    } else {
-                        Taint::Canon
-                    },
-                    Float::F32,
-                ));
+                let other_nan = f32::from_bits(bits).is_nan() && bits != CANON_F32;
+                self.push_const(&op, Float::F32, other_nan)?;
             }
             Operator::F64Const { value } => {
                 let bits = value.bits();
-                let nan = f64::from_bits(bits).is_nan();
-                self.emit_op(&op)?;
-                self.stack.push(float_slot(
-                    if nan && bits != CANON_F64 {
-                        Taint::Exact
-                    } else {
-                        Taint::Canon
-                    },
-                    Float::F64,
-                ));
+                let other_nan = f64::from_bits(bits).is_nan() && bits != CANON_F64;
+                self.push_const(&op, Float::F64, other_nan)?;
             }
             Operator::F32Abs | Operator::F64Abs => {
                 // |canonical NaN| is the canonical NaN: abs keeps `Canon`.
@@ -909,6 +898,24 @@ impl<'l, 'a> Pass<'l, 'a> {
                 self.val.operand_stack_height()
             )));
         }
+        Ok(())
+    }
+
+    /// A float constant: canonical unless it is a NaN other than the
+    /// canonical one, whose bits the guest chose.
+    fn push_const(
+        &mut self,
+        op: &Operator<'a>,
+        float: Float,
+        other_nan: bool,
+    ) -> Result<(), RewriteError> {
+        self.emit_op(op)?;
+        let taint = if other_nan {
+            Taint::Exact
+        } else {
+            Taint::Canon
+        };
+        self.stack.push(float_slot(taint, float));
         Ok(())
     }
 
