@@ -19,7 +19,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The version of the wire protocol spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: reveals carry the salt of their commit's seal, and a manifest names
+/// its sandbox engine. A version-1 peer's records (unsalted seals) are
+/// refused with [`DecodeError::UnknownVersion`], which says so, rather than
+/// a confusing field error.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Nesting deeper than this is refused before it can exhaust the stack.
 /// Our deepest message nests well under 16 levels.

@@ -243,8 +243,11 @@ impl SignedPayload for Claim {
 }
 
 /// A worker binds itself to a result without showing it: the seal is
-/// blake3(result_hash ‖ worker key ‖ unit id), so it differs per worker and
-/// a lazy worker learns nothing it could copy.
+/// blake3(result_hash ‖ salt ‖ worker key ‖ unit id) with a secret 32-byte
+/// salt revealed only with the result, so it differs per worker, and a lazy
+/// worker can neither copy it nor recover the result by trying every
+/// possible output against it (as it could for a small output space without
+/// the salt).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     /// The unit computed.
@@ -258,11 +261,17 @@ impl SignedPayload for Commit {
     const MAX_PAYLOAD: usize = 1024;
 }
 
-/// The seal a worker commits to for `result_hash` on `unit`.
-pub fn seal(result_hash: &ContentId, worker: &SignerKey, unit: &UnitRef) -> ContentId {
+/// The secret that makes a seal unguessable: 32 bytes the worker draws (or
+/// derives from a secret of its own) per result, and reveals with it.
+pub type Salt = [u8; 32];
+
+/// The seal a worker commits to for `result_hash` on `unit`, salted with
+/// `salt`.
+pub fn seal(result_hash: &ContentId, salt: &Salt, worker: &SignerKey, unit: &UnitRef) -> ContentId {
     let mut h = blake3::Hasher::new();
-    h.update(b"formic/v1/seal");
+    h.update(b"formic/v2/seal");
     h.update(result_hash.as_bytes());
+    h.update(salt);
     h.update(worker.as_bytes());
     h.update(unit.id().as_bytes());
     h.finalize().into()
@@ -282,6 +291,9 @@ pub struct Reveal {
     pub fuel_used: u64,
     /// Sandbox engine and version (fuel is comparable only within one).
     pub engine: String,
+    /// The salt of the commit's seal ([`seal`]), secret until now.
+    #[serde(with = "serde_bytes")]
+    pub salt: Salt,
 }
 
 impl SignedPayload for Reveal {

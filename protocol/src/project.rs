@@ -19,8 +19,8 @@ use libp2p_identity::Keypair;
 use crate::assignment;
 use crate::content_id::ContentId;
 use crate::messages::{
-    Batch, Claim, Commit, Data, Gossip, ProjectId, ProjectManifest, Reveal, SpotCheckKey, UnitRef,
-    UnitSpec, seal,
+    Batch, Claim, Commit, Data, Gossip, ProjectId, ProjectManifest, Reveal, Salt, SpotCheckKey,
+    UnitRef, UnitSpec, seal,
 };
 use crate::signed::{SignError, Signed, SignerKey, VerifyError, sign_pair};
 use crate::validation::{
@@ -416,7 +416,7 @@ impl ProjectState {
                 let opened = recs
                     .opened
                     .get(&w)
-                    .filter(|r| seal(&r.result_hash, &w, &r.unit) == c.seal)
+                    .filter(|r| seal(&r.result_hash, &r.salt, &w, &r.unit) == c.seal)
                     .map(|r| RevealEvidence {
                         worker: w,
                         unit: r.unit,
@@ -443,7 +443,7 @@ impl ProjectState {
                 let w = s.signer();
                 let recs = Self::records_mut(&mut self.units, &r.unit, &w)?;
                 let committed = match recs.seals.get(&w) {
-                    Some(sealed) if seal(&r.result_hash, &w, &r.unit) != *sealed => {
+                    Some(sealed) if seal(&r.result_hash, &r.salt, &w, &r.unit) != *sealed => {
                         return Err(RecordError::SealMismatch);
                     }
                     Some(_) => true,
@@ -945,7 +945,10 @@ impl ProjectState {
     }
 
     /// The commit for a computed output, and the reveal to hold back until
-    /// [`ProjectState::may_reveal`] says so.
+    /// [`ProjectState::may_reveal`] says so. `salt` must be secret and
+    /// unpredictable to others (fresh randomness, or a keyed hash of the
+    /// unit under a secret of the worker's, so a re-run after a restart
+    /// seals the same way); this crate draws no randomness itself.
     pub fn commit(
         &self,
         keypair: &Keypair,
@@ -953,12 +956,13 @@ impl ProjectState {
         output: Data,
         fuel_used: u64,
         engine: &str,
+        salt: Salt,
     ) -> Result<(Signed<Commit>, Signed<Reveal>), SignError> {
         let me = SignerKey::of(keypair)?;
         let result_hash = output.content_id();
         let commit = Commit {
             unit,
-            seal: seal(&result_hash, &me, &unit),
+            seal: seal(&result_hash, &salt, &me, &unit),
         };
         let reveal = Reveal {
             unit,
@@ -966,6 +970,7 @@ impl ProjectState {
             output,
             fuel_used,
             engine: engine.to_owned(),
+            salt,
         };
         sign_pair(keypair, &commit, &reveal)
     }
@@ -1238,7 +1243,7 @@ mod tests {
                         };
                         let (commit, reveal) = ws[i]
                             .state
-                            .commit(&ws[i].key, unit, output, 10, "test")
+                            .commit(&ws[i].key, unit, output, 10, "test", [i as u8; 32])
                             .expect("commit");
                         ws[i].held.push((unit, reveal));
                         broadcast(&mut ws, &Gossip::Commit(commit));
@@ -1345,7 +1350,7 @@ mod tests {
             };
             let (commit, reveal) = ws[w]
                 .state
-                .commit(&ws[w].key, order.unit, output, 10, "test")
+                .commit(&ws[w].key, order.unit, output, 10, "test", [w as u8; 32])
                 .expect("commit");
             broadcast(ws, &Gossip::Commit(commit));
             ws[w].held.push((order.unit, reveal));

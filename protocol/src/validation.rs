@@ -163,7 +163,7 @@ impl Evidence {
             return Err(EvidenceError::UnitMismatch);
         }
         let worker = reveal.signer();
-        if seal(&r.result_hash, &worker, &r.unit) != c.seal {
+        if seal(&r.result_hash, &r.salt, &worker, &r.unit) != c.seal {
             return Err(EvidenceError::SealMismatch);
         }
         self.add_reveal(RevealEvidence {

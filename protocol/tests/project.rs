@@ -106,6 +106,7 @@ fn run(workers: &mut [Worker], rounds: usize) {
                         Data::for_bytes(&out),
                         7,
                         "test",
+                        [i as u8; 32],
                     )
                     .expect("commit");
                 broadcast(workers, &Gossip::Commit(commit));
@@ -320,11 +321,11 @@ fn hostile_records_are_rejected_with_a_reason() {
     };
     let (commit, _) = w
         .state
-        .commit(&k, unit, Data::Inline(b"a".to_vec()), 1, "test")
+        .commit(&k, unit, Data::Inline(b"a".to_vec()), 1, "test", [1; 32])
         .expect("commit");
     let (_, other_reveal) = w
         .state
-        .commit(&k, unit, Data::Inline(b"b".to_vec()), 1, "test")
+        .commit(&k, unit, Data::Inline(b"b".to_vec()), 1, "test", [1; 32])
         .expect("commit");
     assert_eq!(
         w.state.apply(&Gossip::Commit(commit.clone())),
@@ -346,6 +347,9 @@ fn hostile_records_are_rejected_with_a_reason() {
         output: Data::Inline(b"not a".to_vec()),
         fuel_used: 1,
         engine: "test".into(),
+        // The salt of the commit above, so the seal opens and the output
+        // is what is checked.
+        salt: [1; 32],
     };
     assert_eq!(
         w.state
@@ -541,7 +545,7 @@ fn results_of_two_engines_never_meet_in_one_quorum() {
     let on_engine = |state: &ProjectState, engine: &str| {
         let key = Keypair::generate_ed25519();
         state
-            .commit(&key, unit, output.clone(), 7, engine)
+            .commit(&key, unit, output.clone(), 7, engine, [7; 32])
             .expect("commit")
     };
     // One worker on the project's engine, one on an older engine.

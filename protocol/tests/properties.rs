@@ -124,14 +124,18 @@ fn reveal() -> impl Strategy<Value = Reveal> {
         data(),
         any::<u64>(),
         "[a-z0-9.-]{0,20}",
+        any::<[u8; 32]>(),
     )
-        .prop_map(|(unit, result_hash, output, fuel_used, engine)| Reveal {
-            unit,
-            result_hash,
-            output,
-            fuel_used,
-            engine,
-        })
+        .prop_map(
+            |(unit, result_hash, output, fuel_used, engine, salt)| Reveal {
+                unit,
+                result_hash,
+                output,
+                fuel_used,
+                engine,
+                salt,
+            },
+        )
 }
 
 fn spot_check_key() -> impl Strategy<Value = SpotCheckKey> {
@@ -258,7 +262,7 @@ proptest! {
         for c in &commits {
             // [version, {payload, signer, signature}]: three fields.
             let alone = Signed::sign(&kp, c).expect("sign").to_bytes().expect("encode");
-            prop_assert_eq!(&alone[..3], &[0x82, 0x01, 0xa3]);
+            prop_assert_eq!(&alone[..3], &[0x82, 0x02, 0xa3]);
         }
         let before: Vec<Vec<u8>> = records.iter().map(payload_of).collect();
         Gossip::sign_batch(&kp, &mut records).expect("batch");
@@ -299,7 +303,7 @@ proptest! {
         let mut roots = VerifiedRoots::default();
         for s in &signed {
             // Four fields now: the proof too.
-            prop_assert_eq!(&s.to_bytes().expect("encode")[..3], &[0x82, 0x01, 0xa4]);
+            prop_assert_eq!(&s.to_bytes().expect("encode")[..3], &[0x82, 0x02, 0xa4]);
             let fresh = Signed::<Commit>::from_bytes(&s.to_bytes().expect("encode")).expect("decode");
             prop_assert!(fresh.verify_in(&mut roots).is_ok());
         }
@@ -397,7 +401,7 @@ proptest! {
     /// plain random bytes rarely do.
     #[test]
     fn random_bodies_behind_valid_header_give_errors(body in proptest::collection::vec(any::<u8>(), 0..512), tag in 0u8..5) {
-        let mut bytes = vec![0x82, 0x01, 0xa1];
+        let mut bytes = vec![0x82, 0x02, 0xa1];
         let name: &[u8] = match tag { 0 => b"Announce", 1 => b"Claim", 2 => b"Commit", 3 => b"Reveal", _ => b"SpotCheckKey" };
         bytes.push(0x60 + name.len() as u8);
         bytes.extend_from_slice(name);
@@ -421,6 +425,7 @@ fn a_valid_gossip_message_with_flipped_bits_is_an_error_not_a_panic() {
         output: Data::Inline(b"out".to_vec()),
         fuel_used: 12345,
         engine: "wasmtime-48.0.8".into(),
+        salt: [3; 32],
     };
     let bytes = Gossip::Reveal(Signed::sign(&kp, &r).expect("sign"))
         .to_bytes()

@@ -240,10 +240,11 @@ fn signed_evidence_is_checked() {
         output: Data::Inline(out_bytes),
         fuel_used: 10,
         engine: "e".into(),
+        salt: [9; 32],
     };
     let good_commit = Commit {
         unit: u,
-        seal: seal(&result_hash, &me, &u),
+        seal: seal(&result_hash, &[9; 32], &me, &u),
     };
     let signed_reveal = Signed::sign(&kp, &reveal).expect("sign");
 
@@ -257,8 +258,21 @@ fn signed_evidence_is_checked() {
 
     let wrong_seal = Commit {
         unit: u,
-        seal: seal(&res("other"), &me, &u),
+        seal: seal(&res("other"), &[9; 32], &me, &u),
     };
+    // The right result under another salt does not open the commit either:
+    // the salt is part of what was committed to.
+    let wrong_salt = Commit {
+        unit: u,
+        seal: seal(&result_hash, &[8; 32], &me, &u),
+    };
+    assert_eq!(
+        ev.add_signed(
+            &Signed::sign(&kp, &wrong_salt).expect("sign"),
+            &signed_reveal
+        ),
+        Err(EvidenceError::SealMismatch)
+    );
     assert_eq!(
         ev.add_signed(
             &Signed::sign(&kp, &wrong_seal).expect("sign"),

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use formic_protocol::messages::{
-    Announce, Batch, Data, Gossip, MAX_INLINE_BYTES, ProjectId, ProjectManifest, Reveal, UnitRef,
+    Announce, Batch, Data, Gossip, MAX_INLINE_BYTES, ProjectId, ProjectManifest, Reveal, Salt,
+    UnitRef,
 };
 use formic_protocol::project::{Applied, ProjectState, WorkOrder};
 use formic_protocol::validation::Verdict;
@@ -630,6 +631,8 @@ impl Worker {
                 r.output,
                 r.fuel_used,
                 &r.engine,
+                // The salt the held reveal was sealed with.
+                r.salt,
             ) {
                 Ok((commit, _)) => commits.push(Gossip::Commit(commit)),
                 Err(e) => tracing::warn!(error = %e, "cannot sign a commit"),
@@ -1151,10 +1154,15 @@ impl Worker {
         let Some(f) = self.projects.get_mut(&done.project) else {
             return;
         };
-        match f
-            .state
-            .commit(&self.config.keypair, done.unit, data, fuel, ENGINE_VERSION)
-        {
+        let salt = seal_salt(&self.config.keypair, &done.unit);
+        match f.state.commit(
+            &self.config.keypair,
+            done.unit,
+            data,
+            fuel,
+            ENGINE_VERSION,
+            salt,
+        ) {
             Ok((commit, reveal)) => {
                 // The reveal is on disk before its commit is public: a commit
                 // seen by the network always has a reveal to back it.
@@ -1371,6 +1379,19 @@ pub fn limits_of(m: &ProjectManifest) -> SandboxLimits {
         memory_bytes: m.limits.memory_bytes,
         max_output_bytes: m.limits.max_output_bytes,
         wall_clock: Duration::from_millis(m.limits.wall_clock_ms),
+    }
+}
+
+/// The salt of this node's seal on `unit`: secret (derived from the node's
+/// key, so nobody can grind a seal back to its result), and the same every
+/// time, so a unit re-run after a restart seals exactly as the commit the
+/// network may already hold.
+fn seal_salt(keypair: &Keypair, unit: &UnitRef) -> Salt {
+    match keypair.derive_secret(b"formic/v2/seal-salt") {
+        Some(secret) => *blake3::keyed_hash(&secret, unit.id().as_bytes()).as_bytes(),
+        // Only ed25519 identities exist; another key type would still get
+        // an unguessable salt, if not a stable one across restarts.
+        None => rand::random(),
     }
 }
 

@@ -363,6 +363,7 @@ mod tests {
                     output: Data::Inline(output),
                     fuel_used: 1,
                     engine: "test".into(),
+                    salt: [0; 32],
                 },
             )
             .expect("sign"),
