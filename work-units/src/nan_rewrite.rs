@@ -130,24 +130,19 @@ pub struct RewriteStats {
 
 /// Rewrites `wasm` so that NaNs are canonicalized only where observable.
 pub fn rewrite(wasm: &[u8]) -> Result<(Vec<u8>, RewriteStats), RewriteError> {
-    // Validate the original first, collecting each function's validator in
-    // code-section order: they type the operand stack for the rewrite.
+    // Validate the module's sections first, collecting each function's
+    // validator in code-section order: the rewrite feeds it the function's
+    // operators, which validates the body and types the operand stack.
     let mut validator = Validator::new_with_features(features());
     let mut funcs = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload?;
-        if let wasmparser::ValidPayload::Func(func, body) = validator.payload(&payload)? {
-            // Validating the body here too keeps the error of an invalid one
-            // precise; the rewrite then re-walks it with a fresh validator.
-            let mut check = func.clone_for_rewrite().into_validator(Default::default());
-            check.validate(&body)?;
+        if let wasmparser::ValidPayload::Func(func, _) = validator.payload(&payload?)? {
             funcs.push(func);
         }
     }
     let mut rewriter = ModuleRewriter {
         funcs: funcs.into_iter(),
         stats: RewriteStats::default(),
-        allocs: Some(FuncValidatorAllocations::default()),
     };
     let mut module = wasm_encoder::Module::new();
     rewriter
@@ -163,26 +158,9 @@ pub fn rewrite(wasm: &[u8]) -> Result<(Vec<u8>, RewriteStats), RewriteError> {
     Ok((out, rewriter.stats))
 }
 
-/// `FuncToValidate` is not `Clone`; its fields are public, so copy them.
-trait CloneForRewrite {
-    fn clone_for_rewrite(&self) -> Self;
-}
-
-impl CloneForRewrite for FuncToValidate<ValidatorResources> {
-    fn clone_for_rewrite(&self) -> Self {
-        FuncToValidate {
-            resources: self.resources.clone(),
-            index: self.index,
-            ty: self.ty,
-            features: self.features,
-        }
-    }
-}
-
 struct ModuleRewriter {
     funcs: std::vec::IntoIter<FuncToValidate<ValidatorResources>>,
     stats: RewriteStats,
-    allocs: Option<FuncValidatorAllocations>,
 }
 
 impl Reencode for ModuleRewriter {
@@ -200,7 +178,7 @@ impl Reencode for ModuleRewriter {
             ))
         })?;
         let index = func.index;
-        let mut base = func.into_validator(self.allocs.take().unwrap_or_default());
+        let mut base = func.into_validator(FuncValidatorAllocations::default());
         let mut locals_reader = body.get_locals_reader()?;
         let mut declared = Vec::new();
         for _ in 0..locals_reader.get_count() {
