@@ -13,9 +13,8 @@ use formic_work_units::{Sandbox, SandboxConfig, apps};
 use rand::RngCore;
 
 use crate::computing::Sabotage;
-use crate::network::NodeConfig;
+use crate::node::{NodeConfig, Role, Session};
 use crate::owner::{self, PublishOptions};
-use crate::session::{Role, Session};
 use crate::spot_checks;
 
 /// What to run.
@@ -103,7 +102,7 @@ impl DemoReport {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("starting a node: {0}")]
-    Session(#[from] crate::session::SessionError),
+    Session(#[from] crate::node::NodeError),
     #[error("the sandbox: {0}")]
     Sandbox(String),
     #[error("building the project: {0}")]
@@ -147,7 +146,7 @@ pub async fn run(
     for i in 0..config.peers {
         let mut cfg = local(&format!("volunteer-{i}"));
         if let Some(first) = volunteers.first() {
-            cfg.bootstrap = first.node.dial_addrs();
+            cfg.network.bootstrap = first.node.dial_addrs();
         }
         let role = Role {
             sabotage: sabotage_for(i, config.saboteurs),
@@ -168,7 +167,7 @@ pub async fn run(
         .collect();
     let owner_dir = root.join("owner");
     let owner_key = crate::identity::load_or_create_keypair(&owner_dir.join(owner::OWNER_KEY_FILE))
-        .map_err(crate::session::SessionError::Identity)?;
+        .map_err(crate::node::NodeError::Identity)?;
     let opts = PublishOptions {
         name: "demo: count primes".into(),
         quorum: config.quorum,
@@ -215,7 +214,7 @@ pub async fn run(
         }
     };
     let mut owner_cfg = local("owner");
-    owner_cfg.bootstrap = bootstrap.clone();
+    owner_cfg.network.bootstrap = bootstrap.clone();
     let owner_session = Session::start(owner_cfg, Role::observer()).await?;
     owner_session
         .wait_for_peers(1, Duration::from_secs(20))
@@ -240,7 +239,7 @@ pub async fn run(
 
     // A researcher joins after publishing and collects.
     let mut collector_cfg = local("researcher");
-    collector_cfg.bootstrap = volunteers
+    collector_cfg.network.bootstrap = volunteers
         .last()
         .map(|v| v.node.dial_addrs())
         .unwrap_or_default();

@@ -2,8 +2,9 @@
 //! and the multi-node tests in `tests/` start nodes through it in-process.
 //!
 //! Layers (see docs/ARCHITECTURE.md): `cli` and `commands` are the edge where
-//! `anyhow` is used; `session` starts a node and its computing layer
-//! together; `network` owns the libp2p swarm and `computing` every followed
+//! `anyhow` is used; `node` is the composition root, which opens a node's
+//! files once and starts the network, the computing layer and the control
+//! API in turn; `network` owns the libp2p swarm and `computing` every followed
 //! project's state; `governor` and `compute_pool` decide when and where
 //! units run; `blob_store`, `state_store`, `identity` and `data_dir` own
 //! files in the data directory; `owner`, `spot_checks` and `collect` are the
@@ -23,10 +24,10 @@ pub mod governor;
 pub mod identity;
 pub mod logging;
 pub mod network;
+pub mod node;
 pub mod os_clocks;
 pub mod owner;
 pub mod preferences;
 pub mod service;
-pub mod session;
 pub mod spot_checks;
 pub mod state_store;

@@ -17,9 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use formic_node::governor::{Decision, UnitSet};
-use formic_node::network::NodeConfig;
+use formic_node::node::NodeConfig;
+use formic_node::node::{Role, Session};
 use formic_node::owner::{self, PublishOptions};
-use formic_node::session::{Role, Session};
 use formic_protocol::SignerKey;
 use formic_protocol::messages::Gossip;
 use formic_work_units::apps;
@@ -140,7 +140,7 @@ async fn a_node_killed_mid_work_again_and_again_loses_no_reported_result() {
         .await
         .expect("v0");
     let mut cfg = local("v1");
-    cfg.bootstrap = v0.node.dial_addrs();
+    cfg.network.bootstrap = v0.node.dial_addrs();
     let held_back = UnitSet::new();
     held_back.apply(Decision::Suspended);
     let v1 = Session::start(
@@ -179,7 +179,7 @@ async fn a_node_killed_mid_work_again_and_again_loses_no_reported_result() {
     // The owner publishes units of about half a second each and stays to
     // watch (it computes nothing).
     let mut cfg = local("owner");
-    cfg.bootstrap = v0.node.dial_addrs();
+    cfg.network.bootstrap = v0.node.dial_addrs();
     let owner_node = Session::start(cfg, Role::observer()).await.expect("owner");
     owner_node.wait_for_peers(1, Duration::from_secs(20)).await;
     let units = 40u64;

@@ -20,10 +20,10 @@ use formic_node::api::{NodeStatus, client};
 use formic_node::computing::ComputeStatus;
 use formic_node::governor::fake::FakeSources;
 use formic_node::governor::{self, Decision, ReasonKind, UnitSet, UserIdle};
-use formic_node::network::NodeConfig;
+use formic_node::node::NodeConfig;
+use formic_node::node::{Role, Session};
 use formic_node::owner::{self, PublishOptions};
 use formic_node::preferences::Preferences;
-use formic_node::session::{Role, Session};
 use formic_protocol::messages::{Gossip, ProjectId};
 use formic_work_units::apps;
 
@@ -158,7 +158,7 @@ async fn wait_until_all_validated(node: &Session, units: usize, what: &str) -> C
 /// An owner node (computing nothing) joined to `volunteer`.
 async fn start_owner(root: &Path, volunteer: &Session) -> Session {
     let mut config = NodeConfig::local(root.join("o"));
-    config.bootstrap = volunteer.node.dial_addrs();
+    config.network.bootstrap = volunteer.node.dial_addrs();
     let owner_node = Session::start(config, Role::observer())
         .await
         .expect("owner starts");

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use formic_node::network::{self, NetworkEvent, NodeConfig, RecordVia, RunningNode};
+use formic_node::network::{NetworkEvent, RecordVia};
+use formic_node::node::{self, NodeConfig, RunningNode};
 use formic_protocol::messages::{Commit, Gossip, ProjectId, UnitRef};
 use formic_protocol::{ContentId, Signed};
 use libp2p::identity::Keypair;
@@ -31,15 +32,15 @@ pub fn init_tracing() {
 /// Config of a test node in `dir`: loopback TCP, no mDNS, Kademlia server.
 pub fn test_config(dir: &Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
     let mut config = NodeConfig::local(dir.to_path_buf());
-    config.bootstrap = bootstrap;
+    config.network.bootstrap = bootstrap;
     // Tests want convergence in seconds.
-    config.bootstrap_interval = Duration::from_secs(2);
+    config.network.bootstrap_interval = Duration::from_secs(2);
     config
 }
 
 /// Starts a test node in `dir`.
 pub async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> anyhow::Result<RunningNode> {
-    network::start(test_config(dir, bootstrap))
+    node::start(test_config(dir, bootstrap))
         .await
         .context("starting a test node")
 }
@@ -50,7 +51,7 @@ pub async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> anyhow::Result
 pub async fn start_node_with_key(dir: &Path, key: &Keypair) -> anyhow::Result<RunningNode> {
     let mut config = test_config(dir, vec![]);
     config.keypair = Some(key.clone());
-    network::start(config).await.context("starting a test node")
+    node::start(config).await.context("starting a test node")
 }
 
 /// Polls `check` every 50 ms until it returns true, for at most `timeout`.

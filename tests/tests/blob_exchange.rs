@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use formic_node::network::{NetworkEvent, RunningNode};
+use formic_node::network::NetworkEvent;
+use formic_node::node::RunningNode;
 use formic_protocol::blob_transfer::CHUNK_SIZE;
 use formic_tests::*;
 
@@ -21,8 +22,8 @@ async fn network(
     for (i, dir) in dirs.iter().enumerate() {
         let bootstrap = nodes.first().map(|n| n.dial_addrs()).unwrap_or_default();
         let mut config = test_config(dir.path(), bootstrap);
-        config.fault.corrupt_chunks = corrupt.contains(&i);
-        nodes.push(formic_node::network::start(config).await?);
+        config.network.fault.corrupt_chunks = corrupt.contains(&i);
+        nodes.push(formic_node::node::start(config).await?);
     }
     let all: Vec<_> = nodes.iter().collect();
     wait_until(Duration::from_secs(10), "all nodes know each other", || {
@@ -64,7 +65,7 @@ async fn blob_survives_its_publisher_going_offline() -> anyhow::Result<()> {
         report.served_by
     );
     // E stored it and provides it in turn.
-    assert!(e.client().blob_store().has(&blob.id));
+    assert!(e.blob_store().has(&blob.id));
     let providers = nodes[2].client().find_providers(blob.id).await?;
     assert!(
         providers.contains(&e.peer_id()),

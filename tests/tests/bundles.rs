@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};
+use formic_node::network::{NetworkEvent, RecordVia, Topic};
+use formic_node::node::RunningNode;
 use formic_protocol::messages::Gossip;
 use formic_tests::*;
 use libp2p::identity::Keypair;
@@ -36,8 +37,8 @@ async fn pair(event_queue: usize) -> anyhow::Result<Pair> {
     let key = Keypair::generate_ed25519();
     let a = start_node_with_key(dirs[0].path(), &key).await?;
     let mut config = test_config(dirs[1].path(), a.dial_addrs());
-    config.limits.event_queue = event_queue;
-    let mut b = formic_node::network::start(config).await?;
+    config.network.limits.event_queue = event_queue;
+    let mut b = formic_node::node::start(config).await?;
     let mut events = b
         .take_events()
         .ok_or_else(|| anyhow::anyhow!("events taken"))?;

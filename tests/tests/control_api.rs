@@ -22,7 +22,7 @@ async fn status_api_requires_token_and_reports_the_node() -> anyhow::Result<()> 
         .collect::<Result<_, _>>()?;
     let mut config = test_config(dirs[0].path(), vec![]);
     config.api_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let node = formic_node::network::start(config).await?;
+    let node = formic_node::node::start(config).await?;
     let peer = start_node(dirs[1].path(), node.dial_addrs()).await?;
     let dir = dirs[0].path().to_path_buf();
 

@@ -204,8 +204,8 @@ async fn malformed_and_oversized_messages_are_rejected_and_penalized() -> anyhow
         .collect::<Result<_, _>>()?;
     let mut config = test_config(dirs[0].path(), vec![]);
     // The last raw peer earns four strikes: one bad gossip, three bad requests.
-    config.limits.strikes_before_ban = 4;
-    let mut node = formic_node::network::start(config).await?;
+    config.network.limits.strikes_before_ban = 4;
+    let mut node = formic_node::node::start(config).await?;
     let honest = start_node(dirs[1].path(), node.dial_addrs()).await?;
     let project = project("malformed");
     let topic = Topic::Project(project);

@@ -24,8 +24,8 @@ async fn five_nodes_discover_each_other_and_gossip_reaches_all() -> anyhow::Resu
 
     // The bootstrap node listens on TCP and QUIC; one peer joins over QUIC.
     let mut config = test_config(dirs[0].path(), vec![]);
-    config.listen = vec![loopback_tcp(), loopback_quic()];
-    let boot = formic_node::network::start(config).await?;
+    config.network.listen = vec![loopback_tcp(), loopback_quic()];
+    let boot = formic_node::node::start(config).await?;
     let boot_addrs = boot.dial_addrs();
     let tcp = boot_addrs
         .iter()
@@ -122,8 +122,8 @@ async fn kademlia_is_a_client_until_an_address_is_confirmed() -> anyhow::Result<
         .collect::<Result<_, _>>()?;
     let boot = start_node(dirs[0].path(), vec![]).await?;
     let mut config = test_config(dirs[1].path(), boot.dial_addrs());
-    config.kad_server = false;
-    let node = formic_node::network::start(config).await?;
+    config.network.kad_server = false;
+    let node = formic_node::node::start(config).await?;
     // Checked before a second peer exists: one that dials this node in
     // would make it serve at once (see the test below).
     assert_eq!(node.client().status().await?.kad_mode, "client");
@@ -163,8 +163,8 @@ async fn nodes_in_automatic_mode_form_a_dht_through_their_first_node() -> anyhow
         .collect::<Result<_, _>>()?;
     let auto = |dir: &std::path::Path, bootstrap| {
         let mut config = test_config(dir, bootstrap);
-        config.kad_server = false;
-        formic_node::network::start(config)
+        config.network.kad_server = false;
+        formic_node::node::start(config)
     };
     let first = auto(dirs[0].path(), vec![]).await?;
     let mut nodes = vec![first];
@@ -176,7 +176,7 @@ async fn nodes_in_automatic_mode_form_a_dht_through_their_first_node() -> anyhow
         Duration::from_secs(10),
         "the first node serves and every routing table holds the others",
         || {
-            let refs: Vec<&formic_node::network::RunningNode> = nodes.iter().collect();
+            let refs: Vec<&formic_node::node::RunningNode> = nodes.iter().collect();
             let first = nodes[0].client();
             async move {
                 first.status().await.is_ok_and(|s| s.kad_mode == "server")
@@ -220,8 +220,8 @@ async fn a_node_refused_by_a_full_bootstrap_peer_joins_when_there_is_room() -> a
         .collect::<Result<_, _>>()?;
     // A bootstrap peer with room for one connection.
     let mut config = test_config(dirs[0].path(), vec![]);
-    config.limits.max_connections = 1;
-    let boot = formic_node::network::start(config).await?;
+    config.network.limits.max_connections = 1;
+    let boot = formic_node::node::start(config).await?;
     let boot_id = boot.peer_id();
     let first = start_node(dirs[1].path(), boot.dial_addrs()).await?;
     wait_connected(&first, boot_id, WAIT, "the first peer joins").await?;
@@ -273,8 +273,8 @@ async fn a_node_joins_once_its_bootstrap_peer_comes_up_late() -> anyhow::Result<
     // in tests).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut config = test_config(boot_dir.path(), vec![]);
-    config.listen = vec![listen];
-    let boot = formic_node::network::start(config).await?;
+    config.network.listen = vec![listen];
+    let boot = formic_node::node::start(config).await?;
     assert_eq!(boot.peer_id(), boot_id);
 
     wait_connected(

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use formic_node::network::{NetworkEvent, RecordVia, RunningNode, Topic};
+use formic_node::network::{NetworkEvent, RecordVia, Topic};
+use formic_node::node::RunningNode;
 use formic_tests::*;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
@@ -25,8 +26,8 @@ async fn start_unbundled(
     bootstrap: Vec<libp2p::Multiaddr>,
 ) -> anyhow::Result<RunningNode> {
     let mut config = test_config(dir, bootstrap);
-    config.limits.bundle_window = Duration::ZERO;
-    Ok(formic_node::network::start(config).await?)
+    config.network.limits.bundle_window = Duration::ZERO;
+    Ok(formic_node::node::start(config).await?)
 }
 
 /// Whether every node has every other in its Kademlia routing table, which

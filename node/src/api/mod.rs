@@ -4,10 +4,10 @@
 //! `GET /v1/status` answers a [`NodeStatus`]: the network's status (its keys
 //! at the top level, unchanged since the first version) plus, where this
 //! process runs them, the idle governor's decision, the running units with
-//! their fuel, and per-project progress and credit. The network starts
-//! before the governor and the computing layer, so those are attached later
-//! through [`StatusSources`]; keys are only ever added, never renamed,
-//! because scripts read `formic status --json`.
+//! their fuel, and per-project progress and credit. The composition root
+//! (`crate::node`) starts the API last, with everything it reports passed
+//! in an [`ApiContext`]; keys are only ever added, never renamed, because
+//! scripts read `formic status --json`.
 //!
 //! On start the server writes its address to `<data-dir>/api.addr` and a
 //! fresh random bearer token to `<data-dir>/api.token` (mode 0600), so only
@@ -17,8 +17,7 @@
 pub mod client;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -138,61 +137,56 @@ impl From<&ComputeStatus> for ComputeSummary {
     }
 }
 
-/// Where the non-network parts of the status come from. The network (and
-/// with it the API) starts first; the governor and the computing layer
-/// attach their channels here once they run. Clones share one slot.
-#[derive(Clone, Default)]
-pub struct StatusSources {
-    inner: Arc<RwLock<Attached>>,
+/// Everything the API serves and reports, passed in by the composition
+/// root once the parts it reports on run.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The network, whose status is the top level of [`NodeStatus`].
+    pub client: NetworkClient,
+    /// Where `api.addr` and `api.token` are written.
+    pub data_dir: PathBuf,
+    /// Where to listen (loopback only; port 0 picks one).
+    pub addr: SocketAddr,
+    /// The idle governor's decisions, where a governor runs.
+    pub governor: Option<watch::Receiver<GovernorSnapshot>>,
+    /// The units running under the governor, where one runs.
+    pub units: Option<UnitSet>,
+    /// The computing layer's status, where one runs.
+    pub compute: Option<watch::Receiver<ComputeStatus>>,
 }
 
-#[derive(Default)]
-struct Attached {
+impl std::fmt::Debug for ApiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiContext")
+            .field("data_dir", &self.data_dir)
+            .field("addr", &self.addr)
+            .field("governor", &self.governor.is_some())
+            .field("units", &self.units.is_some())
+            .field("compute", &self.compute.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of the status beyond the network.
+#[derive(Clone)]
+struct Sources {
     governor: Option<watch::Receiver<GovernorSnapshot>>,
     units: Option<UnitSet>,
     compute: Option<watch::Receiver<ComputeStatus>>,
 }
 
-impl std::fmt::Debug for StatusSources {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let a = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        f.debug_struct("StatusSources")
-            .field("governor", &a.governor.is_some())
-            .field("units", &a.units.is_some())
-            .field("compute", &a.compute.is_some())
-            .finish()
-    }
-}
-
-impl StatusSources {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Attached> {
-        // Plain slots: valid whatever a panicking writer did.
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Reports the governor's decisions.
-    pub fn attach_governor(&self, snapshots: watch::Receiver<GovernorSnapshot>) {
-        self.write().governor = Some(snapshots);
-    }
-
-    /// Reports the units registered in `units` as running.
-    pub fn attach_units(&self, units: UnitSet) {
-        self.write().units = Some(units);
-    }
-
-    /// Reports the computing layer's status.
-    pub fn attach_compute(&self, status: watch::Receiver<ComputeStatus>) {
-        self.write().compute = Some(status);
-    }
-
-    /// The status of `network` with whatever is attached.
-    pub fn status(&self, network: NetworkStatus) -> NodeStatus {
-        let a = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+impl Sources {
+    /// The status of `network` with the other parts that run.
+    fn status(&self, network: NetworkStatus) -> NodeStatus {
         NodeStatus {
             network,
-            governor: a.governor.as_ref().map(|rx| rx.borrow().clone()),
-            running_units: a.units.as_ref().map(UnitSet::running).unwrap_or_default(),
-            compute: a
+            governor: self.governor.as_ref().map(|rx| rx.borrow().clone()),
+            running_units: self
+                .units
+                .as_ref()
+                .map(UnitSet::running)
+                .unwrap_or_default(),
+            compute: self
                 .compute
                 .as_ref()
                 .map(|rx| ComputeSummary::from(&*rx.borrow())),
@@ -203,7 +197,7 @@ impl StatusSources {
 #[derive(Clone)]
 struct AppState {
     client: NetworkClient,
-    sources: StatusSources,
+    sources: Sources,
     token: String,
 }
 
@@ -238,15 +232,18 @@ fn new_token() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Starts the API on `addr` (loopback only) for the node in `data_dir`;
-/// its status reports `client`'s network plus whatever is attached to
-/// `sources`.
-pub async fn serve(
-    client: NetworkClient,
-    sources: StatusSources,
-    data_dir: &Path,
-    addr: SocketAddr,
-) -> Result<ApiServer, ApiError> {
+/// Starts the API on `context.addr` (loopback only) for the node in
+/// `context.data_dir`; its status reports the network and whichever of the
+/// governor, running units and computing layer the context holds.
+pub async fn serve(context: ApiContext) -> Result<ApiServer, ApiError> {
+    let ApiContext {
+        client,
+        data_dir,
+        addr,
+        governor,
+        units,
+        compute,
+    } = context;
     if !addr.ip().is_loopback() {
         return Err(ApiError::NotLoopback(addr));
     }
@@ -276,7 +273,11 @@ pub async fn serve(
 
     let state = AppState {
         client,
-        sources,
+        sources: Sources {
+            governor,
+            units,
+            compute,
+        },
         token,
     };
     let app = Router::new()

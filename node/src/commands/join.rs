@@ -6,8 +6,7 @@ use std::path::Path;
 use clap::Args;
 use libp2p::Multiaddr;
 
-use crate::network::NodeConfig;
-use crate::session::{Role, Session};
+use crate::node::{NodeConfig, Role, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
@@ -31,10 +30,10 @@ impl JoinArgs {
     pub fn node_config(&self, data_dir: &Path) -> NodeConfig {
         let mut config = NodeConfig::new(data_dir.to_path_buf(), 0);
         if !self.listen.is_empty() {
-            config.listen = self.listen.clone();
+            config.network.listen = self.listen.clone();
         }
-        config.bootstrap = self.bootstrap.clone();
-        config.mdns = !self.no_mdns;
+        config.network.bootstrap = self.bootstrap.clone();
+        config.network.mdns = !self.no_mdns;
         // Its own API would collide with a `formic node` on the same data dir.
         config.api_addr = None;
         // A network identity of its own, for this run only: the data dir's

@@ -12,8 +12,7 @@ use clap::Args;
 use libp2p::Multiaddr;
 
 use crate::cli::GlobalArgs;
-use crate::network::{self, NodeConfig, StartError};
-use crate::session::{Role, Session, SessionError};
+use crate::node::{NodeConfig, NodeError, Opened, Role, Session};
 
 /// Port used when no `--listen` is given: a stable port lets peers and
 /// port-forwarding rules find a volunteer again after a restart.
@@ -82,26 +81,32 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     let threads = args.threads.unwrap_or(prefs.threads);
     let governor_dir = data_dir.clone();
-    let defaulted = args.listen.is_empty();
     let mut config = NodeConfig::new(data_dir, DEFAULT_PORT);
     config.keypair = Some(keypair);
-    if !defaulted {
-        config.listen = args.listen;
+    if args.listen.is_empty() {
+        // The default port may be taken (another agent, another program).
+        config.free_port_fallback = true;
+    } else {
+        config.network.listen = args.listen;
     }
-    config.bootstrap = args.bootstrap;
-    config.mdns = !args.no_mdns;
+    config.network.bootstrap = args.bootstrap;
+    config.network.mdns = !args.no_mdns;
     config.api_addr = Some(args.api);
-    config.kad_server = args.kad_server;
+    config.network.kad_server = args.kad_server;
     // Records, held results and followed projects survive a crash or a
     // kill -9 (see state_store.rs).
-    let state_path = config.data_dir.join(crate::state_store::STATE_FILE);
-    config.state = Some(std::sync::Arc::new(
-        crate::state_store::StateStore::open(&state_path)
-            .with_context(|| format!("opening the node's state {}", state_path.display()))?,
-    ));
+    config.persist_state = true;
     // The blob store evicts least-recently-used, unpinned blobs to stay
     // within the volunteer's disk quota (updated on SIGHUP below).
     config.blob_quota = Some(prefs.disk_quota);
+    // Opened before the runtime starts, once: a state store held by another
+    // agent on this data dir stops the node here.
+    let opened = Opened::open(&config).map_err(|e| match e {
+        // Says what it was opening itself.
+        e @ NodeError::State { .. } => anyhow::Error::from(e),
+        e => anyhow::Error::from(e).context("starting the node"),
+    })?;
+    let blobs = std::sync::Arc::clone(&opened.blobs);
 
     // The async threads only move messages (units run on the compute pool,
     // blocking reads on Tokio's blocking threads), so a few are plenty; one
@@ -142,16 +147,13 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
             governor: Some(governor.subscribe()),
             ..Role::volunteer(threads)
         };
-        let session = match Session::start(config.clone(), role.clone()).await {
-            Err(SessionError::Start(StartError::Listen { addr, reason })) if defaulted => {
-                tracing::warn!(%addr, %reason, "default port is taken; listening on a free port instead");
-                config.listen = network::default_listen(0);
-                Session::start(config, role).await.context("starting the node")?
-            }
-            other => other.context("starting the node")?,
-        };
-        follow_disk_quota(quota_prefs, std::sync::Arc::clone(session.client().blob_store()));
-        wait_for_stop_signal().await.context("waiting for a stop signal")?;
+        let session = Session::start_opened(config, opened, role)
+            .await
+            .context("starting the node")?;
+        follow_disk_quota(quota_prefs, blobs);
+        wait_for_stop_signal()
+            .await
+            .context("waiting for a stop signal")?;
         tracing::info!("stopping");
         session.shutdown().await.context("stopping the node")?;
         governor.shutdown();

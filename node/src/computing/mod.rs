@@ -28,8 +28,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::blob_store::BlobStore;
 use crate::deadline::sleep_until_some;
 use crate::network::{NetworkClient, NetworkEvent, Topic};
+use crate::state_store::StateStore;
 use host_retry::HostRetries;
 pub use sabotage::Sabotage;
 
@@ -62,6 +64,12 @@ pub struct ComputeConfig {
     /// control so the governor can pause it in place, and no new unit starts
     /// while the governor says suspended. None: always run.
     pub governed: Option<crate::governor::UnitSet>,
+    /// The node's blob store, where fetched inputs and apps land: every blob
+    /// of a followed project is pinned in it.
+    pub blobs: Arc<BlobStore>,
+    /// The crash-safe state store (`formic node`): followed projects and
+    /// reveals held back survive a restart. `None`: kept in memory only.
+    pub state: Option<Arc<StateStore>>,
     /// Fault injection for tests: the first this many unit runs end in a
     /// host error without running, as a full sandbox pool or an input that
     /// cannot be fetched would. They alternate between striking after the
@@ -548,7 +556,7 @@ impl Worker {
     /// work when it loads: its catch-up meets this node's own claims and
     /// commits, and `on_record` queues those units (`Applied::New`).
     async fn restore(&mut self) {
-        let Some(state) = self.client.state_store().cloned() else {
+        let Some(state) = self.config.state.clone() else {
             return;
         };
         match tokio::task::spawn_blocking(move || state.followed()).await {
@@ -575,7 +583,7 @@ impl Worker {
     /// this node's reveals that were held on disk (with their output blobs
     /// pinned again: pins do not survive a restart).
     async fn take_back_held_reveals(&mut self, project: ProjectId) {
-        let Some(state) = self.client.state_store().cloned() else {
+        let Some(state) = self.config.state.clone() else {
             return;
         };
         let held = tokio::task::spawn_blocking(move || state.held_reveals(&project))
@@ -603,7 +611,7 @@ impl Worker {
                 continue;
             }
             if let Data::Blob(b) = &r.output {
-                self.client.blob_store().pin(b.id);
+                self.config.blobs.pin(b.id);
             }
             f.held.push((r.unit, reveal));
         }
@@ -654,7 +662,7 @@ impl Worker {
 
     async fn follow(&mut self, project: ProjectId) {
         if self.wanted.insert(project)
-            && let Some(state) = self.client.state_store().cloned()
+            && let Some(state) = self.config.state.clone()
         {
             // Best effort: a lost follow is asked for again by the user.
             let _ = tokio::task::spawn_blocking(move || state.follow(&project)).await;
@@ -748,11 +756,12 @@ impl Worker {
     fn start_load(&mut self, announce: Announce) {
         self.loading.insert(announce.project);
         let client = self.client.clone();
+        let blobs = Arc::clone(&self.config.blobs);
         let sandbox = Arc::clone(&self.config.sandbox);
         let compute = self.config.slots > 0;
         let tx = self.loaded_tx.clone();
         tokio::spawn(async move {
-            let result = load(&client, &announce, &sandbox, compute).await;
+            let result = load(&client, &blobs, &announce, &sandbox, compute).await;
             let _ = tx.send(Loaded { announce, result }).await;
         });
     }
@@ -1166,7 +1175,7 @@ impl Worker {
             Ok((commit, reveal)) => {
                 // The reveal is on disk before its commit is public: a commit
                 // seen by the network always has a reveal to back it.
-                if let Some(state) = self.client.state_store().cloned()
+                if let Some(state) = self.config.state.clone()
                     && let Ok(bytes) = reveal.to_bytes()
                 {
                     let (project, index) = (done.project, done.unit.index);
@@ -1254,7 +1263,7 @@ impl Worker {
         // A published reveal becomes a stored record and stops being held
         // in one transaction: no crash leaves it in neither place.
         if !published.is_empty()
-            && let Some(state) = self.client.state_store().cloned()
+            && let Some(state) = self.config.state.clone()
         {
             let _ = tokio::task::spawn_blocking(move || {
                 for (project, index, bytes) in published {
@@ -1399,6 +1408,7 @@ fn seal_salt(keypair: &Keypair, unit: &UnitRef) -> Salt {
 /// compiled app.
 async fn load(
     client: &NetworkClient,
+    blobs: &BlobStore,
     announce: &Announce,
     sandbox: &Arc<LazySandbox>,
     compute: bool,
@@ -1409,7 +1419,7 @@ async fn load(
     };
     // Every blob of a followed project is pinned: the disk quota evicts
     // only what the node does not need (pins last while the process runs).
-    let pin = |id| client.blob_store().pin(id);
+    let pin = |id| blobs.pin(id);
     let bytes = client
         .fetch_blob(announce.manifest)
         .await

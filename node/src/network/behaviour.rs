@@ -19,7 +19,7 @@ use libp2p::{
 };
 
 use super::codec::{BlobCodec, SyncCodec};
-use super::{GOSSIP_ENVELOPE_OVERHEAD, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeConfig, StartError};
+use super::{GOSSIP_ENVELOPE_OVERHEAD, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetworkConfig, StartError};
 
 /// How long an idle connection (no open stream) stays up. The libp2p default
 /// of 10 s closes connections between blob chunk requests.
@@ -115,7 +115,7 @@ fn gossipsub() -> Result<gossipsub::Behaviour, StartError> {
     Ok(behaviour)
 }
 
-fn kademlia(keypair: &Keypair, config: &NodeConfig) -> kad::Behaviour<kad::store::MemoryStore> {
+fn kademlia(keypair: &Keypair, config: &NetworkConfig) -> kad::Behaviour<kad::store::MemoryStore> {
     let peer_id = keypair.public().to_peer_id();
     let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     // The swarm task bootstraps on its own schedule: often while the
@@ -150,7 +150,7 @@ fn request_response_config(timeout: Duration) -> request_response::Config {
         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
 }
 
-fn behaviour(keypair: &Keypair, config: &NodeConfig) -> Result<Behaviour, StartError> {
+fn behaviour(keypair: &Keypair, config: &NetworkConfig) -> Result<Behaviour, StartError> {
     let peer_id = keypair.public().to_peer_id();
     let l = &config.limits;
     let limits = connection_limits::ConnectionLimits::default()
@@ -203,7 +203,7 @@ fn behaviour(keypair: &Keypair, config: &NodeConfig) -> Result<Behaviour, StartE
 /// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, our behaviour.
 pub(crate) fn build_swarm(
     keypair: Keypair,
-    config: &NodeConfig,
+    config: &NetworkConfig,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let behaviour = behaviour(&keypair, config)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)

@@ -203,8 +203,9 @@ pub(crate) enum Command {
 pub struct NetworkClient {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    /// The blob store `put_blob` and `fetch_blob` write to (shared with
+    /// the swarm task, which serves from it).
     store: Arc<BlobStore>,
-    state: Option<Arc<crate::state_store::StateStore>>,
 }
 
 impl std::fmt::Debug for NetworkClient {
@@ -216,23 +217,8 @@ impl std::fmt::Debug for NetworkClient {
 }
 
 impl NetworkClient {
-    pub(crate) fn new(
-        tx: mpsc::Sender<Command>,
-        peer_id: PeerId,
-        store: Arc<BlobStore>,
-        state: Option<Arc<crate::state_store::StateStore>>,
-    ) -> Self {
-        Self {
-            tx,
-            peer_id,
-            store,
-            state,
-        }
-    }
-
-    /// The node's crash-safe state store, when it keeps one.
-    pub fn state_store(&self) -> Option<&Arc<crate::state_store::StateStore>> {
-        self.state.as_ref()
+    pub(crate) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, store: Arc<BlobStore>) -> Self {
+        Self { tx, peer_id, store }
     }
 
     /// The projects this node holds records of.
@@ -258,8 +244,10 @@ impl NetworkClient {
         self.peer_id
     }
 
-    /// The node's blob store (blocking I/O: use from `spawn_blocking`).
-    pub fn blob_store(&self) -> &Arc<BlobStore> {
+    /// The blob store fetches go to (blocking I/O: use from
+    /// `spawn_blocking`). The rest of the node gets the store from the
+    /// composition root, not from here.
+    pub(super) fn blob_store(&self) -> &Arc<BlobStore> {
         &self.store
     }
 

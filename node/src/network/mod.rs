@@ -1,6 +1,10 @@
 //! The peer-to-peer layer: one task owns the libp2p Swarm; the rest of the
 //! node talks to it through a typed [`NetworkClient`] and hears from it
-//! through [`NetworkEvent`]s.
+//! through [`NetworkEvent`]s. [`new`] hands back the client, the events and
+//! the [`NetworkTask`]; the composition root (`crate::node`) opens the
+//! stores it is given, spawns the task and wires the other layers to it.
+//! This layer imports neither the control API nor the computing layer
+//! (`.ci/check-network-imports`).
 //!
 //! What runs here (see docs/ARCHITECTURE.md, "The network layer"):
 //! - transports TCP and QUIC with noise, yamux and DNS;
@@ -34,7 +38,6 @@ mod peers_file;
 pub mod records;
 mod swarm_task;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +55,7 @@ pub use client::{
 pub use records::{RecordLimits, RecordStore};
 
 use crate::blob_store::{BlobStore, BlobStoreStats};
+use crate::state_store::StateStore;
 
 /// Kademlia protocol name: our own, so Formic peers never mix routing tables
 /// with the public IPFS DHT.
@@ -167,13 +171,11 @@ pub struct FaultInjection {
     pub corrupt_chunks: bool,
 }
 
-/// Everything needed to start a node.
+/// How the node takes part in the network: networking only. Where its
+/// files are and what else runs beside it is the composition root's
+/// business (`crate::node`).
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Holds the identity, blobs, known peers and API files.
-    pub data_dir: PathBuf,
-    /// The node's key; `None` loads or creates `<data_dir>/identity.key`.
-    pub keypair: Option<Keypair>,
+pub struct NetworkConfig {
     /// Addresses to listen on (TCP and/or QUIC; port 0 picks one).
     pub listen: Vec<Multiaddr>,
     /// Peers to join through (with or without `/p2p/<PeerId>`).
@@ -183,18 +185,6 @@ pub struct NodeConfig {
     /// Force Kademlia server mode (bootstrap nodes, LAN and test networks),
     /// instead of client mode until an external address is confirmed.
     pub kad_server: bool,
-    /// Serve the control API on this address (127.0.0.1 only).
-    pub api_addr: Option<SocketAddr>,
-    /// What the control API reports beyond the network (the governor and
-    /// computing layer attach themselves here once started).
-    pub api_status: crate::api::StatusSources,
-    /// The crash-safe state store (`formic node`): records are loaded from
-    /// it at start and every new one is written to it. `None`: records live
-    /// in memory only (short-lived sessions such as `publish`, tests).
-    pub state: Option<Arc<crate::state_store::StateStore>>,
-    /// Byte quota of the blob store (the `disk_quota` preference); `None`:
-    /// unlimited (short-lived sessions, tests).
-    pub blob_quota: Option<u64>,
     /// How often Kademlia re-bootstraps while its routing table is sparse:
     /// short so a fresh network converges in seconds (the libp2p default of
     /// 5 minutes leaves peers isolated). Once the table holds
@@ -206,38 +196,46 @@ pub struct NodeConfig {
     pub fault: FaultInjection,
 }
 
-impl NodeConfig {
-    /// A node with defaults: listens on all interfaces on `port` over TCP
-    /// and QUIC, mDNS on, API on 127.0.0.1 with a free port.
-    pub fn new(data_dir: PathBuf, port: u16) -> Self {
+impl NetworkConfig {
+    /// Defaults: listens on all interfaces on `port` over TCP and QUIC,
+    /// mDNS on.
+    pub fn new(port: u16) -> Self {
         Self {
-            data_dir,
-            keypair: None,
             listen: default_listen(port),
             bootstrap: Vec::new(),
             mdns: true,
             kad_server: false,
-            api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            api_status: crate::api::StatusSources::default(),
-            state: None,
-            blob_quota: None,
             bootstrap_interval: Duration::from_secs(5),
             limits: NetworkLimits::default(),
             fault: FaultInjection::default(),
         }
     }
 
-    /// A node for tests and local demos: loopback TCP on a free port, no
-    /// mDNS, no API, Kademlia server mode.
-    pub fn local(data_dir: PathBuf) -> Self {
+    /// For tests and local demos: loopback TCP on a free port, no mDNS,
+    /// Kademlia server mode.
+    pub fn local() -> Self {
         Self {
             listen: vec![loopback_tcp()],
             mdns: false,
             kad_server: true,
-            api_addr: None,
-            ..Self::new(data_dir, 0)
+            ..Self::new(0)
         }
     }
+}
+
+/// What the network keeps on disk, opened once by the composition root and
+/// shared with the other layers that use the same stores.
+#[derive(Debug, Clone)]
+pub struct NetworkStores {
+    /// The blobs this node serves, fetches and provides.
+    pub blobs: Arc<BlobStore>,
+    /// The crash-safe state store (`formic node`): records are loaded from
+    /// it at start and every new one is written to it. `None`: records
+    /// live in memory only (short-lived sessions such as `publish`, tests).
+    pub state: Option<Arc<StateStore>>,
+    /// Directory of `peers.json`, the peers known when the node last ran
+    /// (the data directory).
+    pub peers_dir: PathBuf,
 }
 
 /// `/ip4/0.0.0.0/tcp/<port>` and `/ip4/0.0.0.0/udp/<port>/quic-v1`.
@@ -328,18 +326,9 @@ pub struct NetworkStatus {
     pub blob_store: BlobStoreStats,
 }
 
-/// Why a node could not start.
+/// Why the network could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Identity(#[from] crate::identity::KeyFileError),
-    #[error(transparent)]
-    BlobStore(#[from] crate::blob_store::BlobStoreError),
     #[error("cannot set up the transports: {0}")]
     Transport(String),
     #[error("cannot set up the network behaviour: {0}")]
@@ -349,130 +338,75 @@ pub enum StartError {
     #[error("no listen address came up within {0:?}")]
     ListenTimeout(Duration),
     #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
-    #[error(transparent)]
     State(#[from] crate::state_store::StateStoreError),
     #[error("cannot start the state writer thread: {0}")]
-    StateWriter(std::io::Error),
+    StateWriter(#[source] std::io::Error),
 }
 
-/// Why a node did not shut down cleanly.
-#[derive(Debug, thiserror::Error)]
-pub enum ShutdownError {
-    #[error("the network task panicked or was cancelled: {0}")]
-    Task(String),
-}
-
-/// A started node: its identity, addresses, client and events.
-pub struct RunningNode {
+/// The network task, built and listening but not yet running: the caller
+/// spawns [`run`](Self::run) (in the shape of rust-libp2p's file-sharing
+/// example, where `new` hands back the client, the events and the loop).
+pub struct NetworkTask {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
-    client: NetworkClient,
-    events: Option<mpsc::Receiver<NetworkEvent>>,
-    task: tokio::task::JoinHandle<()>,
-    api: Option<crate::api::ApiServer>,
+    task: swarm_task::Task,
+    commands: mpsc::Receiver<client::Command>,
+    blob_io: swarm_task::BlobIo,
 }
 
-impl std::fmt::Debug for RunningNode {
+impl std::fmt::Debug for NetworkTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningNode")
+        f.debug_struct("NetworkTask")
             .field("peer_id", &self.peer_id)
             .field("listen_addrs", &self.listen_addrs)
-            .field("api", &self.api)
             .finish_non_exhaustive()
     }
 }
 
-impl RunningNode {
+impl NetworkTask {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }
 
-    /// The addresses it listened on at start, without `/p2p/`.
+    /// The addresses it listens on, without `/p2p/`.
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
     }
 
-    /// The listen addresses with `/p2p/<PeerId>`, ready to bootstrap from.
-    pub fn dial_addrs(&self) -> Vec<Multiaddr> {
-        self.listen_addrs
-            .iter()
-            .map(|a| a.clone().with_p2p(self.peer_id).unwrap_or_else(|a| a))
-            .collect()
-    }
-
-    /// A handle to the network; clone it freely.
-    pub fn client(&self) -> NetworkClient {
-        self.client.clone()
-    }
-
-    /// The event stream; `None` after it was taken.
-    pub fn take_events(&mut self) -> Option<mpsc::Receiver<NetworkEvent>> {
-        self.events.take()
-    }
-
-    /// The event stream, borrowed (panics never: returns `None` once taken).
-    pub fn events(&mut self) -> Option<&mut mpsc::Receiver<NetworkEvent>> {
-        self.events.as_mut()
-    }
-
-    /// Where the control API listens, if it runs.
-    pub fn api_addr(&self) -> Option<SocketAddr> {
-        self.api.as_ref().map(|a| a.addr())
-    }
-
-    /// Stops the API, saves known peers, closes every connection and waits
-    /// for the network task to end.
-    pub async fn shutdown(self) -> Result<(), ShutdownError> {
-        if let Some(api) = self.api {
-            api.shutdown().await;
-        }
-        self.client.shutdown().await;
-        self.task
-            .await
-            .map_err(|e| ShutdownError::Task(e.to_string()))
+    /// Runs the swarm until the client asks it to shut down (or every
+    /// client is gone).
+    pub async fn run(self) {
+        // What the task logs names its node: tests, benchmarks and the demo
+        // run many nodes in one process.
+        let span = tracing::info_span!("node", peer = %self.peer_id);
+        tracing::Instrument::instrument(self.task.run(self.commands, self.blob_io), span).await
     }
 }
 
-/// Starts a node: builds the swarm, listens, dials the bootstrap peers,
-/// spawns the network task (and the control API when configured). Must be
-/// called inside a Tokio runtime.
-pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let keypair = match config.keypair.clone() {
-        Some(k) => k,
-        None => crate::identity::load_or_create_node_identity(&config.data_dir)?,
-    };
-    let store = Arc::new(BlobStore::open_with_quota(
-        &config.data_dir,
-        config.blob_quota,
-    )?);
+/// Builds the swarm, listens (returning once every listener has an
+/// address), dials the bootstrap peers and the remembered ones, and hands
+/// back the client, the event stream and the task to spawn. Must be called
+/// inside a Tokio runtime.
+pub async fn new(
+    config: NetworkConfig,
+    keypair: Keypair,
+    stores: NetworkStores,
+) -> Result<(NetworkClient, mpsc::Receiver<NetworkEvent>, NetworkTask), StartError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(config.limits.command_queue);
     let (ev_tx, ev_rx) = mpsc::channel(config.limits.event_queue);
-    let (task, peer_id, listen_addrs) =
-        swarm_task::spawn(&config, keypair, Arc::clone(&store), cmd_rx, ev_tx).await?;
-    let client = NetworkClient::new(cmd_tx, peer_id, store, config.state.clone());
-    let api = match config.api_addr {
-        Some(addr) => Some(
-            crate::api::serve(
-                client.clone(),
-                config.api_status.clone(),
-                &config.data_dir,
-                addr,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    Ok(RunningNode {
-        peer_id,
-        listen_addrs,
+    let blobs = Arc::clone(&stores.blobs);
+    let (task, blob_io, peer_id, listen_addrs) =
+        swarm_task::build(&config, keypair, stores, ev_tx).await?;
+    let client = NetworkClient::new(cmd_tx, peer_id, blobs);
+    Ok((
         client,
-        events: Some(ev_rx),
-        task,
-        api,
-    })
+        ev_rx,
+        NetworkTask {
+            peer_id,
+            listen_addrs,
+            task,
+            commands: cmd_rx,
+            blob_io,
+        },
+    ))
 }

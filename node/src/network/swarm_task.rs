@@ -33,13 +33,14 @@ use super::client::{
 use super::outbox::Outbox;
 use super::records::{Inserted, RecordStore};
 use super::{
-    FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, NodeConfig,
-    RecordVia, SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, StartError, Topic, peers_file,
+    FaultInjection, KAD_PROTOCOL, NetworkConfig, NetworkEvent, NetworkLimits, NetworkStatus,
+    NetworkStores, RecordVia, SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, StartError, Topic,
+    peers_file,
 };
 use crate::blob_store::{BlobStore, BlobStoreStats};
 use crate::deadline::sleep_until_some;
 
-/// How long `start` waits for the listeners to come up.
+/// How long `build` waits for the listeners to come up.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Housekeeping period: publish retries, pruning, peers file.
@@ -95,6 +96,9 @@ const MAX_BLOCKED: usize = 4096;
 
 type BlobChannel = ResponseChannel<Result<BlobResponse, DecodeError>>;
 
+/// Blob chunks read from disk, on their way back to the task.
+pub(super) type BlobIo = mpsc::Receiver<(BlobChannel, BlobResponse)>;
+
 struct QueuedPublish {
     topic: TopicHash,
     bytes: Vec<u8>,
@@ -116,10 +120,11 @@ struct SyncOp {
     reply: oneshot::Sender<SyncReport>,
 }
 
-struct Task {
+pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     peer_id: PeerId,
-    data_dir: PathBuf,
+    /// Where `peers.json` lives.
+    peers_dir: PathBuf,
     limits: NetworkLimits,
     bootstrap_interval: Duration,
     fault: FaultInjection,
@@ -186,9 +191,12 @@ struct Task {
 /// The record store, filled from the state store when the node keeps one
 /// (records held before a restart serve pull-sync at once), and journaling
 /// every new record to it.
-fn open_records(config: &NodeConfig) -> Result<RecordStore, StartError> {
-    let mut records = RecordStore::new(config.limits.records);
-    if let Some(state) = &config.state {
+fn open_records(
+    limits: super::RecordLimits,
+    state: Option<&Arc<crate::state_store::StateStore>>,
+) -> Result<RecordStore, StartError> {
+    let mut records = RecordStore::new(limits);
+    if let Some(state) = state {
         let stored = state.records()?;
         let n = stored.len();
         for (project, bytes) in stored {
@@ -206,15 +214,14 @@ fn open_records(config: &NodeConfig) -> Result<RecordStore, StartError> {
     Ok(records)
 }
 
-/// Builds the swarm, starts listening and dialing, and spawns the task.
-/// Returns once every listener has an address.
-pub(crate) async fn spawn(
-    config: &NodeConfig,
+/// Builds the swarm, starts listening and dialing, and returns the task
+/// for the caller to run. Returns once every listener has an address.
+pub(super) async fn build(
+    config: &NetworkConfig,
     keypair: Keypair,
-    store: Arc<BlobStore>,
-    commands: mpsc::Receiver<Command>,
+    stores: NetworkStores,
     events: mpsc::Sender<NetworkEvent>,
-) -> Result<(tokio::task::JoinHandle<()>, PeerId, Vec<Multiaddr>), StartError> {
+) -> Result<(Task, BlobIo, PeerId, Vec<Multiaddr>), StartError> {
     let peer_id = keypair.public().to_peer_id();
     let outbox_key = keypair.clone();
     let mut swarm = build_swarm(keypair, config)?;
@@ -270,12 +277,12 @@ pub(crate) async fn spawn(
     let mut task = Task {
         swarm,
         peer_id,
-        data_dir: config.data_dir.clone(),
+        peers_dir: stores.peers_dir,
         limits: config.limits.clone(),
         bootstrap_interval: config.bootstrap_interval,
         fault: config.fault.clone(),
-        store,
-        records: open_records(config)?,
+        store: stores.blobs,
+        records: open_records(config.limits.records, stores.state.as_ref())?,
         events,
         dropped_events: 0,
         blob_io,
@@ -311,14 +318,7 @@ pub(crate) async fn spawn(
     };
     task.join();
     task.provide_stored_blobs().await;
-    // What the task logs names its node: tests, benchmarks and the demo
-    // run many nodes in one process.
-    let span = tracing::info_span!("node", peer = %task.peer_id);
-    let handle = tokio::spawn(tracing::Instrument::instrument(
-        task.run(commands, blob_io_rx),
-        span,
-    ));
-    Ok((handle, peer_id, listen_addrs))
+    Ok((task, blob_io_rx, peer_id, listen_addrs))
 }
 
 /// `base` scaled by a random factor in [0.5, 1.5).
@@ -351,7 +351,7 @@ impl Task {
                 Err(e) => tracing::warn!(address = %addr, error = %e, "cannot dial bootstrap peer"),
             }
         }
-        for (peer, addrs) in peers_file::load(&self.data_dir) {
+        for (peer, addrs) in peers_file::load(&self.peers_dir) {
             if peer == self.peer_id {
                 continue;
             }
@@ -419,11 +419,7 @@ impl Task {
         }
     }
 
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut blob_io: mpsc::Receiver<(BlobChannel, BlobResponse)>,
-    ) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut blob_io: BlobIo) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1768,7 +1764,7 @@ impl Task {
         }
         // Connected peers first: they are the most likely to be up next time.
         peers.sort_by_key(|(p, _)| !self.swarm.is_connected(p));
-        peers_file::save(&self.data_dir, &peers);
+        peers_file::save(&self.peers_dir, &peers);
     }
 }
 

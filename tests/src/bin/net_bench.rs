@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use formic_node::network::{NetworkEvent, RunningNode, Topic};
+use formic_node::network::{NetworkEvent, Topic};
+use formic_node::node::RunningNode;
 use formic_tests::{commit, percentile, project, rss_bytes, start_node, test_bytes, wait_until};
 use libp2p::identity::Keypair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

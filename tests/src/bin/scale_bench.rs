@@ -38,7 +38,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use formic_node::network::{NetworkEvent, RunningNode, Topic};
+use formic_node::network::{NetworkEvent, Topic};
+use formic_node::node::RunningNode;
 use formic_protocol::messages::Gossip;
 use formic_tests::{commit, percentile, project, rss_bytes, start_node};
 use libp2p::Multiaddr;
