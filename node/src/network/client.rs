@@ -3,7 +3,9 @@
 //!
 //! Each method sends a command over a bounded channel and awaits a oneshot
 //! reply, so callers never touch the Swarm and a slow swarm task pushes back
-//! on its callers instead of queueing without bound.
+//! on its callers instead of queueing without bound. Fetching a blob is
+//! built on these primitives in `fetch.rs`, which depends on this file and
+//! not the other way round.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,26 +76,6 @@ pub enum PutBlobError {
     Join(String),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error("blob of {0} bytes is over the size limit")]
-    TooLarge(u64),
-    #[error("no provider of blob {0} was found")]
-    NoProviders(ContentId),
-    #[error("every provider of blob {id} failed ({tried} tried); last error: {last}")]
-    AllProvidersFailed {
-        id: ContentId,
-        tried: usize,
-        last: String,
-    },
-    #[error(transparent)]
-    Store(#[from] BlobStoreError),
-    #[error("the blob-store task failed: {0}")]
-    Join(String),
-}
-
 /// Why one request to one peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum RequestError {
@@ -103,17 +85,6 @@ pub(crate) enum RequestError {
     Failed(String),
     #[error("malformed response: {0}")]
     Malformed(DecodeError),
-}
-
-/// How a blob fetch went: who served it and who was caught lying.
-#[derive(Debug, Clone, Default)]
-pub struct FetchReport {
-    /// Peers that served at least one verified chunk.
-    pub served_by: Vec<PeerId>,
-    /// Peers dropped for sending data that failed verification.
-    pub rejected: Vec<(PeerId, String)>,
-    /// Chunks fetched again after a failure.
-    pub refetched_chunks: usize,
 }
 
 /// Outcome of a pull-sync of one project.
@@ -338,25 +309,6 @@ impl NetworkClient {
         self.ask(|reply| Command::StartProviding { id, reply })
             .await?
             .map_err(ProvideError::Kad)
-    }
-
-    /// Fetches a blob (from the local store, else from providers found in
-    /// Kademlia), verifying every chunk and the whole, then stores and
-    /// provides it.
-    pub async fn fetch_blob(&self, blob: BlobRef) -> Result<Vec<u8>, FetchError> {
-        self.fetch_blob_with(blob, Vec::new())
-            .await
-            .map(|(bytes, _)| bytes)
-    }
-
-    /// Like [`fetch_blob`](Self::fetch_blob), trying `preferred` peers
-    /// before the providers Kademlia finds, and reporting who served what.
-    pub async fn fetch_blob_with(
-        &self,
-        blob: BlobRef,
-        preferred: Vec<PeerId>,
-    ) -> Result<(Vec<u8>, FetchReport), FetchError> {
-        super::fetch::fetch(self, blob, preferred).await
     }
 
     /// Providers of `id` found through Kademlia (never this node).

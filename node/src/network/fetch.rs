@@ -11,7 +11,8 @@
 //! 4. Store the blob and provide it in turn.
 //!
 //! It runs in the caller's task, using the client's primitive commands, so
-//! the swarm task never waits on a transfer.
+//! the swarm task never waits on a transfer. `NetworkClient::fetch_blob` is
+//! defined here, so `client.rs` does not depend on this file.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,7 +26,61 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 
-use super::client::{FetchError, FetchReport, NetworkClient, RequestError};
+use super::client::{ClientError, NetworkClient, RequestError};
+use crate::blob_store::BlobStoreError;
+
+/// Why a blob could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("blob of {0} bytes is over the size limit")]
+    TooLarge(u64),
+    #[error("no provider of blob {0} was found")]
+    NoProviders(ContentId),
+    #[error("every provider of blob {id} failed ({tried} tried); last error: {last}")]
+    AllProvidersFailed {
+        id: ContentId,
+        tried: usize,
+        last: String,
+    },
+    #[error(transparent)]
+    Store(#[from] BlobStoreError),
+    #[error("the blob-store task failed: {0}")]
+    Join(String),
+}
+
+/// How a blob fetch went: who served it and who was caught lying.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    /// Peers that served at least one verified chunk.
+    pub served_by: Vec<PeerId>,
+    /// Peers dropped for sending data that failed verification.
+    pub rejected: Vec<(PeerId, String)>,
+    /// Chunks fetched again after a failure.
+    pub refetched_chunks: usize,
+}
+
+impl NetworkClient {
+    /// Fetches a blob (from the local store, else from providers found in
+    /// Kademlia), verifying every chunk and the whole, then stores and
+    /// provides it.
+    pub async fn fetch_blob(&self, blob: BlobRef) -> Result<Vec<u8>, FetchError> {
+        self.fetch_blob_with(blob, Vec::new())
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// Like [`fetch_blob`](Self::fetch_blob), trying `preferred` peers
+    /// before the providers Kademlia finds, and reporting who served what.
+    pub async fn fetch_blob_with(
+        &self,
+        blob: BlobRef,
+        preferred: Vec<PeerId>,
+    ) -> Result<(Vec<u8>, FetchReport), FetchError> {
+        fetch(self, blob, preferred).await
+    }
+}
 
 /// Chunk requests in flight at once for one fetch.
 const PARALLEL_CHUNKS: usize = 4;
@@ -128,7 +183,7 @@ async fn candidates(
 }
 
 /// See the module docs.
-pub(crate) async fn fetch(
+async fn fetch(
     client: &NetworkClient,
     blob: BlobRef,
     preferred: Vec<PeerId>,

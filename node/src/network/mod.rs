@@ -49,9 +49,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use client::{
-    ClientError, FetchError, FetchReport, NetworkClient, PublishError, PublishOutcome,
-    PutBlobError, SubscribeError, SyncReport,
+    ClientError, NetworkClient, PublishError, PublishOutcome, PutBlobError, SubscribeError,
+    SyncReport,
 };
+pub use fetch::{FetchError, FetchReport};
 pub use records::{RecordLimits, RecordStore};
 
 use crate::blob_store::{BlobStore, BlobStoreStats};
