@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 use crate::demo::{self, DemoConfig};
 
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use formic_work_units::{ENGINE_VERSION, Sandbox, SandboxConfig, SandboxLimits};
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use libp2p::Multiaddr;
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 use crate::node::{NodeConfig, NodeError, Opened, Role, Session};
 
 /// Port used when no `--listen` is given: a stable port lets peers and

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 use crate::governor::pause_file;
 
 #[derive(Debug, Args)]

@@ -13,8 +13,8 @@ use formic_work_units::{Sandbox, SandboxConfig, parse_duration, parse_fuel, pars
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
+use super::GlobalArgs;
 use super::join::JoinArgs;
-use crate::cli::GlobalArgs;
 use crate::owner::{self, OWNER_KEY_FILE, PublishOptions};
 use crate::spot_checks;
 

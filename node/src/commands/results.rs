@@ -12,8 +12,8 @@ use clap::Args;
 use formic_protocol::ContentId;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::GlobalArgs;
 use super::join::JoinArgs;
-use crate::cli::GlobalArgs;
 use crate::collect::{self, Format};
 use crate::spot_checks;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 use crate::governor::pause_file;
 
 #[derive(Debug, Args)]

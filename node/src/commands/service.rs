@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::cli::GlobalArgs;
+use super::GlobalArgs;
 use crate::service;
 
 #[derive(Debug, Args)]

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use super::GlobalArgs;
 use crate::api::NodeStatus;
-use crate::cli::GlobalArgs;
 use crate::governor::{Decision, GovernorSnapshot};
 
 #[derive(Debug, Args)]
