@@ -36,7 +36,7 @@ mod fetch;
 mod outbox;
 mod peers_file;
 pub mod records;
-mod swarm_task;
+mod swarm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -350,9 +350,9 @@ pub enum StartError {
 pub struct NetworkTask {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
-    task: swarm_task::Task,
+    task: swarm::Task,
     commands: mpsc::Receiver<client::Command>,
-    blob_io: swarm_task::BlobIo,
+    blob_io: swarm::BlobIo,
 }
 
 impl std::fmt::Debug for NetworkTask {
@@ -397,7 +397,7 @@ pub async fn new(
     let (ev_tx, ev_rx) = mpsc::channel(config.limits.event_queue);
     let blobs = Arc::clone(&stores.blobs);
     let (task, blob_io, peer_id, listen_addrs) =
-        swarm_task::build(&config, keypair, stores, ev_tx).await?;
+        swarm::build(&config, keypair, stores, ev_tx).await?;
     let client = NetworkClient::new(cmd_tx, peer_id, blobs);
     Ok((
         client,
