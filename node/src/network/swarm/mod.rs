@@ -8,7 +8,8 @@
 //! - `gossip`: publishing through the outbox and validating what comes in;
 //! - `sync`: pull-sync of per-project records;
 //! - `blobs`: serving and providing blobs;
-//! - `peers`: strikes, blocking and pruning of connections.
+//! - `peers`: strikes, blocking and pruning of connections, as decided by
+//!   `connections` (pure, unit-tested).
 //!
 //! This file keeps what crosses them: the task's state, the loop and its
 //! dispatch of commands and events, the housekeeping tick, and the event
@@ -19,6 +20,7 @@
 //! client side (see `fetch`), the task only routes requests and responses.
 
 mod blobs;
+mod connections;
 mod discovery;
 mod gossip;
 mod peers;
@@ -53,6 +55,7 @@ use crate::deadline::sleep_until_some;
 
 use blobs::BlobChannel;
 pub(super) use blobs::BlobIo;
+use connections::Connections;
 use discovery::{connection_refused, is_loopback, is_public, split_p2p};
 use gossip::QueuedPublish;
 pub(super) use startup::build;
@@ -126,12 +129,8 @@ pub(super) struct Task {
     /// project again: the demo's researcher, syncing every 2 s, spent a
     /// growing share of the run re-reading thousands of known records.
     sync_from: HashMap<(PeerId, ProjectId), u64>,
-    strikes: HashMap<PeerId, u32>,
-    blocked: HashSet<PeerId>,
-    last_activity: HashMap<PeerId, Instant>,
-    /// When each connected peer's first current connection opened: a
-    /// connection younger than `NEWCOMER_GRACE` is never pruned.
-    connected_since: HashMap<PeerId, Instant>,
+    /// Strikes, blocks and activity of peers.
+    connections: Connections,
     ticks: u64,
 }
 
@@ -362,13 +361,9 @@ impl Task {
                 // that would forget its log position never came: a new
                 // connection starts the next sync with it from the top.
                 self.sync_from.retain(|(p, _), _| *p != peer_id);
-                // A new connection is not activity: Kademlia re-dials peers we
-                // pruned, and counting that would keep every one of them.
-                self.last_activity
-                    .entry(peer_id)
-                    .or_insert_with(Instant::now);
-                if num_established.get() == 1 {
-                    self.connected_since.insert(peer_id, Instant::now());
+                let first = num_established.get() == 1;
+                self.connections.connected(peer_id, first, Instant::now());
+                if first {
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
                 // Reaching a bootstrap peer is the moment to look around,
@@ -416,7 +411,7 @@ impl Task {
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.synced_with.retain(|(p, _)| *p != peer_id);
                 self.sync_from.retain(|(p, _), _| *p != peer_id);
-                self.connected_since.remove(&peer_id);
+                self.connections.disconnected(&peer_id);
                 self.emit(NetworkEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::Task;
 use super::blobs::{BLOB_READERS, BlobIo};
+use super::connections::Connections;
 use super::discovery::REJOIN_MIN;
 use crate::network::behaviour::build_swarm;
 use crate::network::outbox::Outbox;
@@ -148,10 +149,11 @@ pub(in crate::network) async fn build(
         next_sync_op: 0,
         synced_with: HashSet::new(),
         sync_from: HashMap::new(),
-        strikes: HashMap::new(),
-        blocked: HashSet::new(),
-        last_activity: HashMap::new(),
-        connected_since: HashMap::new(),
+        connections: Connections::new(
+            config.limits.prune_above,
+            config.limits.idle_after,
+            config.limits.strikes_before_ban,
+        ),
         ticks: 0,
     };
     task.join();
