@@ -395,6 +395,9 @@ struct Worker {
     client: NetworkClient,
     config: ComputeConfig,
     me: SignerKey,
+    /// Keys this node's seal salts (`seal_salt`): derived from the node's
+    /// key once, at start.
+    salt_key: [u8; 32],
     projects: HashMap<ProjectId, Followed>,
     loading: HashSet<ProjectId>,
     wanted: HashSet<ProjectId>,
@@ -425,6 +428,11 @@ async fn run(
             return;
         }
     };
+    // An ed25519 key (checked just above) always yields a derived secret.
+    let Some(salt_key) = config.keypair.derive_secret(SALT_DOMAIN) else {
+        tracing::error!("computing disabled: no secret can be derived from the node key");
+        return;
+    };
     // Volunteers hear of new projects on the announcement topic; observers
     // only follow the projects they are asked for.
     if config.follow_all
@@ -441,6 +449,7 @@ async fn run(
         client,
         config,
         me,
+        salt_key,
         projects: HashMap::new(),
         loading: HashSet::new(),
         wanted: HashSet::new(),
@@ -1163,7 +1172,7 @@ impl Worker {
         let Some(f) = self.projects.get_mut(&done.project) else {
             return;
         };
-        let salt = seal_salt(&self.config.keypair, &done.unit);
+        let salt = seal_salt(&self.salt_key, &done.unit);
         match f.state.commit(
             &self.config.keypair,
             done.unit,
@@ -1391,17 +1400,15 @@ pub fn limits_of(m: &ProjectManifest) -> SandboxLimits {
     }
 }
 
-/// The salt of this node's seal on `unit`: secret (derived from the node's
-/// key, so nobody can grind a seal back to its result), and the same every
-/// time, so a unit re-run after a restart seals exactly as the commit the
-/// network may already hold.
-fn seal_salt(keypair: &Keypair, unit: &UnitRef) -> Salt {
-    match keypair.derive_secret(b"formic/v2/seal-salt") {
-        Some(secret) => *blake3::keyed_hash(&secret, unit.id().as_bytes()).as_bytes(),
-        // Only ed25519 identities exist; another key type would still get
-        // an unguessable salt, if not a stable one across restarts.
-        None => rand::random(),
-    }
+/// What the node key is hashed with to key its seal salts.
+const SALT_DOMAIN: &[u8] = b"formic/v2/seal-salt";
+
+/// The salt of this node's seal on `unit`: secret (keyed by a secret derived
+/// from the node's key, so nobody can grind a seal back to its result), and
+/// the same every time, so a unit re-run after a restart seals exactly as
+/// the commit the network may already hold.
+fn seal_salt(salt_key: &[u8; 32], unit: &UnitRef) -> Salt {
+    *blake3::keyed_hash(salt_key, unit.id().as_bytes()).as_bytes()
 }
 
 /// Fetches and checks a project's manifest, one batch and (to compute) the
