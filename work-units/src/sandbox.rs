@@ -562,12 +562,21 @@ impl Sandbox {
 
     /// Where the compiled artifact of `app` is cached, if caching is on.
     pub fn cache_file(&self, app: &App) -> Option<PathBuf> {
-        let parts = if Engine::same(app.pre.module().engine(), &self.main.engine) {
-            &self.main
-        } else {
-            self.fallback.get()?.as_ref().ok()?
-        };
+        let parts = self.parts_of(app)?;
         parts.cache.as_ref().map(|c| c.file_for(&app.code_id))
+    }
+
+    /// Which of this sandbox's engines compiled `app`; `None` for an app
+    /// of another sandbox.
+    fn parts_of(&self, app: &App) -> Option<&EngineParts> {
+        let engine = app.pre.module().engine();
+        if Engine::same(engine, &self.main.engine) {
+            return Some(&self.main);
+        }
+        self.fallback
+            .get()
+            .and_then(|f| f.as_ref().ok())
+            .filter(|f| Engine::same(engine, &f.engine))
     }
 
     /// Runs one unit: `app`'s `_start` with `input` on stdin and the random
@@ -597,18 +606,11 @@ impl Sandbox {
     ) -> (Result<UnitOutcome, UnitError>, Vec<u8>) {
         // An app compiled by another sandbox belongs to another engine;
         // wasmtime would panic on instantiating it here.
-        let engine = app.pre.module().engine();
-        let ours = Engine::same(engine, &self.main.engine)
-            || self
-                .fallback
-                .get()
-                .and_then(|f| f.as_ref().ok())
-                .is_some_and(|f| Engine::same(engine, &f.engine));
-        if !ours {
+        let Some(parts) = self.parts_of(app) else {
             let reason = "app was compiled by a different Sandbox".to_owned();
             return (Err(UnitError::InvalidModule { reason }), Vec::new());
-        }
-        let mut store = Store::new(engine, new_state(input, &seed, limits));
+        };
+        let mut store = Store::new(&parts.engine, new_state(input, &seed, limits));
         store.limiter(|state| &mut state.limiter);
         let result = self.run_in(&mut store, app, limits, control);
         let stderr = match &result {
