@@ -13,7 +13,9 @@
 // with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use formic_node::demo::{self, DemoConfig};
 use formic_work_units::{Sandbox, SandboxConfig, SandboxLimits, apps};

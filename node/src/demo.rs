@@ -4,7 +4,9 @@
 //! `formic demo` and the end-to-end tests.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use formic_protocol::ContentId;
 use formic_protocol::messages::Gossip;
@@ -103,18 +105,30 @@ impl DemoReport {
 pub enum DemoError {
     #[error("starting a node: {0}")]
     Session(#[from] crate::node::NodeError),
-    #[error("the sandbox: {0}")]
-    Sandbox(String),
+    #[error("cannot start the sandbox")]
+    Sandbox(#[from] formic_work_units::SandboxError),
+    #[error("the demo app does not compile")]
+    Compile(#[from] formic_work_units::CompileError),
+    #[error("re-running unit {index} to judge the results failed")]
+    Recheck {
+        index: u64,
+        #[source]
+        source: formic_work_units::UnitError,
+    },
+    #[error("a sandbox thread failed")]
+    Thread(#[from] tokio::task::JoinError),
     #[error("building the project: {0}")]
     Build(#[from] owner::BuildError),
     #[error("publishing: {0}")]
     Publish(#[from] owner::PublishProjectError),
     #[error("{0}")]
     Timeout(String),
-    #[error("writing results: {0}")]
-    Results(String),
-    #[error("planting spot checks: {0}")]
-    SpotChecks(String),
+    #[error("cannot write the results")]
+    Results(#[source] crate::collect::CollectError),
+    #[error("cannot reveal the spot-check answers")]
+    Reveal(#[source] crate::network::PublishError),
+    #[error("cannot plant spot checks")]
+    SpotChecks(#[from] spot_checks::SpotCheckError),
 }
 
 fn sabotage_for(i: usize, saboteurs: usize) -> Option<Sabotage> {
@@ -195,17 +209,20 @@ pub async fn run(
     // The owner computes a secret sample locally before announcing, as
     // `formic publish --spot-checks` does.
     let planted = if config.spot_checks > 0.0 {
-        let chosen = spot_checks::choose(config.units, config.spot_checks, &mut rand::rngs::OsRng)
-            .map_err(|e| DemoError::SpotChecks(e.to_string()))?;
+        let chosen = spot_checks::choose(config.units, config.spot_checks, &mut rand::rngs::OsRng)?;
         let (key, built, ins) = (owner_key.clone(), project.clone(), inputs.clone());
-        tokio::task::spawn_blocking(move || {
-            let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
-            spot_checks::plant(&key, &built, &ins, &chosen, &sandbox, &|_, _| {})
-                .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || -> Result<_, DemoError> {
+            let sandbox = Sandbox::new(SandboxConfig::default())?;
+            Ok(spot_checks::plant(
+                &key,
+                &built,
+                &ins,
+                &chosen,
+                &sandbox,
+                &|_, _| {},
+            )?)
         })
-        .await
-        .map_err(|e| DemoError::SpotChecks(e.to_string()))?
-        .map_err(DemoError::SpotChecks)?
+        .await??
     } else {
         spot_checks::Planted {
             keys: Vec::new(),
@@ -250,7 +267,7 @@ pub async fn run(
     // them before following, so its own view includes them from the start.
     spot_checks::reveal(&collector.client(), &planted.keys)
         .await
-        .map_err(|e| DemoError::SpotChecks(format!("revealing: {e}")))?;
+        .map_err(DemoError::Reveal)?;
     collector.compute.follow(project_id).await;
     let mut last_sync = Instant::now() - Duration::from_secs(10);
     // The researcher's progress is refreshed on its computing tick (100 ms).
@@ -334,7 +351,7 @@ pub async fn run(
             crate::collect::Format::Json,
         )
         .await
-        .map_err(|e| DemoError::Results(e.to_string()))?;
+        .map_err(DemoError::Results)?;
     }
     let _ = collector.shutdown().await;
     let (mut runs, mut runs_cpu) = (0, Duration::ZERO);
@@ -357,12 +374,10 @@ pub async fn run(
     let limits = crate::computing::limits_of(&manifest_limits);
     // Each re-run's CPU time too: the same units run one at a time, the
     // baseline the swarm benchmark compares against.
-    let honest =
-        tokio::task::spawn_blocking(move || -> Result<Vec<(u64, ContentId, Duration)>, String> {
-            let sandbox = Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?;
-            let app = sandbox
-                .compile(apps::PRIMES_WAT.as_bytes())
-                .map_err(|e| e.to_string())?;
+    let honest = tokio::task::spawn_blocking(
+        move || -> Result<Vec<(u64, ContentId, Duration)>, DemoError> {
+            let sandbox = Sandbox::new(SandboxConfig::default())?;
+            let app = sandbox.compile(apps::PRIMES_WAT.as_bytes())?;
             judged
                 .into_iter()
                 .map(|(index, input)| {
@@ -373,14 +388,13 @@ pub async fn run(
                     let (out, cpu) = crate::os_clocks::with_thread_cpu(|| {
                         sandbox.run(&app, &input, *unit.id().as_bytes(), &limits, None)
                     });
-                    let out = out.map_err(|e| e.to_string())?;
+                    let out = out.map_err(|source| DemoError::Recheck { index, source })?;
                     Ok((index, ContentId::of(&out.output), cpu.unwrap_or_default()))
                 })
                 .collect()
-        })
-        .await
-        .map_err(|e| DemoError::Sandbox(e.to_string()))?
-        .map_err(DemoError::Sandbox)?;
+        },
+    )
+    .await??;
     let recheck_cpu = honest.iter().map(|(_, _, cpu)| *cpu).sum();
     let truth: std::collections::HashMap<u64, ContentId> =
         honest.into_iter().map(|(i, id, _)| (i, id)).collect();

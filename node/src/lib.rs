@@ -20,6 +20,7 @@ pub mod computing;
 pub mod data_dir;
 mod deadline;
 pub mod demo;
+pub mod error_report;
 pub mod governor;
 pub mod identity;
 pub mod logging;

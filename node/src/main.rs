@@ -33,20 +33,7 @@ fn main() -> ExitCode {
 }
 
 /// The whole context chain on one line — what we tried, and what failed
-/// under it — which is what a user needs to act. Many error types also
-/// quote their source in their own message; a cause whose text is already
-/// shown is skipped so nothing is said twice.
+/// under it — which is what a user needs to act.
 fn describe(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    formic_node::error_report::error_chain(err.as_ref())
 }

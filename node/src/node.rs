@@ -264,8 +264,8 @@ async fn start_network(config: &NodeConfig, opened: &Opened) -> Result<RunningNo
     )
     .await;
     let (client, events, task) = match started {
-        Err(StartError::Listen { addr, reason }) if config.free_port_fallback => {
-            tracing::warn!(%addr, %reason, "default port is taken; listening on a free port instead");
+        Err(StartError::Listen { addr, source }) if config.free_port_fallback => {
+            tracing::warn!(%addr, error = %source, "default port is taken; listening on a free port instead");
             let network = NetworkConfig {
                 listen: network::default_listen(0),
                 ..config.network.clone()
@@ -344,6 +344,7 @@ pub struct Role {
     /// The idle governor's decisions, for the control API's status.
     pub governor: Option<tokio::sync::watch::Receiver<crate::governor::GovernorSnapshot>>,
     /// Fault injection for tests (`ComputeConfig::host_faults`).
+    #[cfg(feature = "test-support")]
     pub host_faults: u32,
 }
 
@@ -419,6 +420,7 @@ impl Session {
                 governed: role.governed.clone(),
                 blobs: opened.blobs,
                 state: opened.state,
+                #[cfg(feature = "test-support")]
                 host_faults: role.host_faults,
             },
         );

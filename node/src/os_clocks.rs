@@ -76,6 +76,8 @@ mod tests {
             "sleep counted: {slept:?}"
         );
 
+        // Spinning on the OS clock, on this thread: real CPU is the point.
+        #[allow(clippy::disallowed_methods)]
         let ((), spun) = with_thread_cpu(|| {
             let until = Instant::now() + Duration::from_millis(300);
             let mut x = 0u64;

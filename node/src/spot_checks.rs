@@ -22,6 +22,7 @@ use formic_work_units::Sandbox;
 use libp2p::identity::Keypair;
 use rand::Rng;
 
+use crate::error_report::Chain;
 use crate::network::{NetworkClient, PublishError, Topic};
 use crate::owner::BuiltProject;
 
@@ -38,10 +39,10 @@ const ANSWERS_PER_KEY: usize = 1000;
 pub enum SpotCheckError {
     #[error("the spot-check fraction must be between 0 and 1, not {0}")]
     Fraction(f64),
-    #[error("the project's own records do not verify: {0}")]
-    Project(String),
-    #[error("cannot compile the app to compute spot checks: {0}")]
-    Compile(String),
+    #[error("the project's own records do not verify")]
+    Project(#[source] formic_protocol::VerifyError),
+    #[error("cannot compile the app to compute spot checks")]
+    Compile(#[source] formic_work_units::CompileError),
     #[error("cannot sign the spot-check answers: {0}")]
     Sign(#[from] SignError),
     #[error("cannot encode the spot-check answers: {0}")]
@@ -51,8 +52,25 @@ pub enum SpotCheckError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read the spot-check answers at {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot read the spot-check answers at {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: AnswerFileError,
+    },
+}
+
+/// What is wrong with one file of planted answers.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerFileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("it does not decode")]
+    Decode(#[from] formic_protocol::DecodeError),
+    #[error("its signature does not verify")]
+    Verify(#[from] formic_protocol::VerifyError),
+    #[error("it belongs to project {0}")]
+    OtherProject(ProjectId),
 }
 
 /// Planted spot checks: signed answer keys, not yet revealed.
@@ -95,17 +113,11 @@ pub fn plant(
     sandbox: &Sandbox,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Planted, SpotCheckError> {
-    let manifest = project
-        .manifest
-        .verify()
-        .map_err(|e| SpotCheckError::Project(e.to_string()))?;
-    let batch = project
-        .batch
-        .verify()
-        .map_err(|e| SpotCheckError::Project(e.to_string()))?;
+    let manifest = project.manifest.verify().map_err(SpotCheckError::Project)?;
+    let batch = project.batch.verify().map_err(SpotCheckError::Project)?;
     let app = sandbox
         .compile(project.app())
-        .map_err(|e| SpotCheckError::Compile(e.to_string()))?;
+        .map_err(SpotCheckError::Compile)?;
     let limits = crate::computing::limits_of(&manifest);
     let id = project.id();
     let mut answers = Vec::new();
@@ -131,7 +143,7 @@ pub fn plant(
             // Hashed the way a worker's reveal hashes it.
             Ok(outcome) => answers.push((*index, Data::for_bytes(&outcome.output).content_id())),
             Err(e) => {
-                tracing::warn!(unit = index, error = %e, "a spot-check unit failed locally; not used as a check");
+                tracing::warn!(unit = index, error = %Chain(&e), "a spot-check unit failed locally; not used as a check");
                 failed += 1;
             }
         }
@@ -189,14 +201,14 @@ pub fn load(
     project: ProjectId,
 ) -> Result<Vec<Signed<SpotCheckKey>>, SpotCheckError> {
     let dir = project_dir(data_dir, project);
-    let read_err = |path: &Path, reason: String| SpotCheckError::Read {
+    let read_err = |path: &Path, source: AnswerFileError| SpotCheckError::Read {
         path: path.to_path_buf(),
-        reason,
+        source,
     };
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_err(&dir, e.to_string())),
+        Err(e) => return Err(read_err(&dir, e.into())),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
@@ -206,14 +218,14 @@ pub fn load(
     files.sort();
     let mut keys = Vec::new();
     for path in files {
-        let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.to_string()))?;
-        let key = Signed::<SpotCheckKey>::from_bytes(&bytes)
-            .map_err(|e| read_err(&path, e.to_string()))?;
-        let payload = key.verify().map_err(|e| read_err(&path, e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e.into()))?;
+        let key =
+            Signed::<SpotCheckKey>::from_bytes(&bytes).map_err(|e| read_err(&path, e.into()))?;
+        let payload = key.verify().map_err(|e| read_err(&path, e.into()))?;
         if payload.project != project {
             return Err(read_err(
                 &path,
-                format!("it belongs to project {}", payload.project),
+                AnswerFileError::OtherProject(payload.project),
             ));
         }
         keys.push(key);

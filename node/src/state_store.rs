@@ -28,6 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error_report::Chain;
 use formic_protocol::ContentId;
 use formic_protocol::messages::ProjectId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -45,32 +46,55 @@ const FOLLOWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("followed")
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
-    #[error("cannot open the state store {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("cannot read the state store: {0}")]
-    Read(String),
-    #[error("cannot write the state store: {0}")]
-    Write(String),
+    #[error(
+        "another process has the state store {path} open (is another `formic node` using this data dir?)"
+    )]
+    InUse { path: PathBuf },
+    // redb's errors are large; boxed so every `Result` carrying this
+    // one stays small.
+    #[error("cannot open the state store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("the state store {path} is damaged and cannot be moved aside to {aside}")]
+    MoveAside {
+        path: PathBuf,
+        aside: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the state store")]
+    Read(#[source] Box<redb::Error>),
+    #[error("cannot write the state store")]
+    Write(#[source] Box<redb::Error>),
 }
 
-fn read_err(e: impl std::fmt::Display) -> StateStoreError {
-    StateStoreError::Read(e.to_string())
+fn read_err(e: impl Into<redb::Error>) -> StateStoreError {
+    StateStoreError::Read(Box::new(e.into()))
 }
 
-fn write_err(e: impl std::fmt::Display) -> StateStoreError {
-    StateStoreError::Write(e.to_string())
+fn write_err(e: impl Into<redb::Error>) -> StateStoreError {
+    StateStoreError::Write(Box::new(e.into()))
 }
 
 /// Why opening failed: damage is recovered from, the rest is reported.
 enum OpenFailure {
-    Damaged(String),
-    Busy(String),
+    Damaged(redb::Error),
+    Busy(redb::Error),
+    InUse,
 }
 
 impl OpenFailure {
-    fn reason(self) -> String {
+    fn into_error(self, path: &Path) -> StateStoreError {
+        let path = path.to_path_buf();
         match self {
-            OpenFailure::Damaged(r) | OpenFailure::Busy(r) => r,
+            OpenFailure::Damaged(source) | OpenFailure::Busy(source) => StateStoreError::Open {
+                path,
+                source: Box::new(source),
+            },
+            OpenFailure::InUse => StateStoreError::InUse { path },
         }
     }
 }
@@ -123,21 +147,19 @@ impl StateStore {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 let aside = path.with_extension(format!("redb.corrupt-{stamp}"));
-                std::fs::rename(path, &aside).map_err(|e| StateStoreError::Open {
-                    path: path.to_path_buf(),
-                    reason: format!("{reason}; and it cannot be moved aside: {e}"),
-                })?;
-                tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason,
+                if let Err(source) = std::fs::rename(path, &aside) {
+                    tracing::error!(path = %path.display(), error = %reason, "the state store is damaged");
+                    return Err(StateStoreError::MoveAside {
+                        path: path.to_path_buf(),
+                        aside,
+                        source,
+                    });
+                }
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %reason,
                     "the state store was damaged; starting from an empty one (peers hold the records)");
-                Self::open_checked(path).map_err(|f| StateStoreError::Open {
-                    path: path.to_path_buf(),
-                    reason: f.reason(),
-                })
+                Self::open_checked(path).map_err(|f| f.into_error(path))
             }
-            Err(f) => Err(StateStoreError::Open {
-                path: path.to_path_buf(),
-                reason: f.reason(),
-            }),
+            Err(f) => Err(f.into_error(path)),
             Ok(s) => Ok(s),
         }
     }
@@ -146,33 +168,30 @@ impl StateStore {
         let mut db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(OpenFailure::Busy(
-                    "another process has it open (is another `formic node` using this data dir?)"
-                        .into(),
-                ));
+                return Err(OpenFailure::InUse);
             }
             // Permissions, a full disk, a lock: reported, never moved aside.
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
                 if e.kind() != std::io::ErrorKind::InvalidData =>
             {
-                return Err(OpenFailure::Busy(e.to_string()));
+                return Err(OpenFailure::Busy(e.into()));
             }
-            Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
+            Err(e) => return Err(OpenFailure::Damaged(e.into())),
         };
         // redb panics on some damaged pages when reading them; its own
         // integrity check finds them first and reports an error instead.
         match db.check_integrity() {
             Ok(true) => {}
             Ok(false) => tracing::info!("the state store was repaired on open"),
-            Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
+            Err(e) => return Err(OpenFailure::Damaged(e.into())),
         }
-        let open_err = |e: String| OpenFailure::Damaged(e);
+        let open_err = |e: redb::Error| OpenFailure::Damaged(e);
         // Create the tables once, so readers never meet a missing table.
-        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         for table in [RECORDS, HELD_REVEALS, FOLLOWED] {
-            txn.open_table(table).map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(table).map_err(|e| open_err(e.into()))?;
         }
-        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        txn.commit().map_err(|e| open_err(e.into()))?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
@@ -366,7 +385,7 @@ pub fn spawn_record_writer(store: std::sync::Arc<StateStore>) -> std::io::Result
                 if let Err(e) = store.write_journal(&batch) {
                     // Not fatal: peers still hold these records and pull-sync
                     // returns them after a restart.
-                    tracing::warn!(error = %e, records = batch.len(), "records not persisted");
+                    tracing::warn!(error = %Chain(&e), records = batch.len(), "records not persisted");
                 }
             }
         })?;
@@ -484,7 +503,7 @@ mod tests {
             })
             .expect("send");
         drop(journal);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let held = store.records().expect("records");
             if held.iter().any(|(_, b)| b == b"seven") {
@@ -492,7 +511,10 @@ mod tests {
                 assert!(!held.iter().any(|(_, b)| *b == 7u32.to_le_bytes()));
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "records not written");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "records not written"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }

@@ -2,6 +2,8 @@
 //! `--help` lists, a stable identity per data directory, and clear errors
 //! (exit code 1) for a corrupt identity file or an out-of-range flag.
 
+// These tests wait on child processes and OS threads, in real time.
+#![allow(clippy::disallowed_methods)]
 // Test code: a failing unwrap or expect is a test failure with its message
 // (clippy.toml allows them only inside #[test] functions and test modules).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -7,6 +7,8 @@
 //! reveal when it dies. In the end every unit it claimed or committed to
 //! has its reveal, and the project completes with every result agreed.
 
+// These tests wait on child processes and OS threads, in real time.
+#![allow(clippy::disallowed_methods)]
 // Test code: a failing unwrap or expect is a test failure with its message
 // (clippy.toml allows them only inside #[test] functions and test modules).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

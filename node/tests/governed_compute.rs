@@ -14,7 +14,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use formic_node::api::{NodeStatus, client};
 use formic_node::computing::ComputeStatus;

@@ -4,6 +4,8 @@
 //! fuel), the pause file written by `formic pause`/`formic resume`, and
 //! compute threads running at idle priority.
 
+// These tests wait on child processes and OS threads, in real time.
+#![allow(clippy::disallowed_methods)]
 // Test code: a failing unwrap or expect is a test failure with its message
 // (clippy.toml allows them only inside #[test] functions and test modules).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

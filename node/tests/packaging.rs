@@ -5,6 +5,8 @@
 //! skipped with a message, unless FORMIC_REQUIRE_DEB is set (CI sets it
 //! after installing cargo-deb), in which case it fails.
 
+// These tests wait on child processes and OS threads, in real time.
+#![allow(clippy::disallowed_methods)]
 // Test code: a failing unwrap or expect is a test failure with its message
 // (clippy.toml allows them only inside #[test] functions and test modules).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

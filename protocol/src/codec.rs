@@ -36,9 +36,9 @@ const ARRAY_OF_TWO: u8 = 0x82;
 /// Why a value could not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    /// serde could not serialize the value (the serializer's message).
-    #[error("cannot encode value: {0}")]
-    Serialize(String),
+    /// serde could not serialize the value.
+    #[error("cannot encode value")]
+    Serialize(#[source] cbor4ii::serde::EncodeError<std::collections::TryReserveError>),
     /// The encoding is over the caller's size cap.
     #[error("encoded value is {len} bytes, over the {max}-byte limit")]
     TooLarge {
@@ -158,7 +158,7 @@ impl<'de> Read<'de> for BoundedReader<'de> {
 }
 
 fn serialize_into<T: Serialize>(buf: Vec<u8>, value: &T) -> Result<Vec<u8>, EncodeError> {
-    cbor4ii::serde::to_vec(buf, value).map_err(|e| EncodeError::Serialize(e.to_string()))
+    cbor4ii::serde::to_vec(buf, value).map_err(EncodeError::Serialize)
 }
 
 /// Encodes `value` canonically (unversioned: for values nested in others or

@@ -103,9 +103,9 @@ pub enum SignError {
     /// The payload does not encode (or is over its size cap).
     #[error("could not encode the payload: {0}")]
     Encode(#[from] EncodeError),
-    /// The keypair refused to sign (its message).
-    #[error("signing failed: {0}")]
-    Signing(String),
+    /// The keypair refused to sign.
+    #[error("signing failed")]
+    Signing(#[source] libp2p_identity::SigningError),
     /// More than [`MAX_BATCH_RECORDS`] records given to sign as one batch.
     #[error("a batch signs at most {MAX_BATCH_RECORDS} records, not {0}")]
     BatchTooLarge(usize),
@@ -314,7 +314,7 @@ pub fn sign_batch(
     let (root, proofs) = BatchProof::build(&leaves);
     let signature = keypair
         .sign(&batch_message(&root, leaves.len() as u32))
-        .map_err(|e| SignError::Signing(e.to_string()))?;
+        .map_err(SignError::Signing)?;
     for (record, proof) in records.iter_mut().zip(proofs) {
         record.set_batch_signature(signature.clone(), proof);
     }
@@ -436,7 +436,7 @@ impl<T: SignedPayload> Signed<T> {
         let mut signed = Self::unsigned(keypair, value)?;
         signed.signature = keypair
             .sign(&signed_message(T::DOMAIN, &signed.payload))
-            .map_err(|e| SignError::Signing(e.to_string()))?;
+            .map_err(SignError::Signing)?;
         // Signed here, with the signer's own key, over a payload just
         // encoded here: valid and canonical by construction.
         let _ = signed.checked.set(());

@@ -39,8 +39,8 @@ pub enum ApiClientError {
     Unauthorized(PathBuf),
     #[error("the node answered HTTP {status}: {body}")]
     Http { status: u16, body: String },
-    #[error("the node's answer is not valid: {0}")]
-    BadResponse(String),
+    #[error("the node's answer is not valid")]
+    BadResponse(#[source] serde_json::Error),
 }
 
 /// Address and token of the node running for `data_dir`.
@@ -141,9 +141,7 @@ pub fn status(data_dir: &Path) -> Result<NodeStatus, ApiClientError> {
         Err(source) => return Err(ApiClientError::Io { addr, source }),
     };
     match code {
-        200 => {
-            serde_json::from_slice(&body).map_err(|e| ApiClientError::BadResponse(e.to_string()))
-        }
+        200 => serde_json::from_slice(&body).map_err(ApiClientError::BadResponse),
         401 => Err(ApiClientError::Unauthorized(data_dir.join(API_TOKEN_FILE))),
         status => Err(ApiClientError::Http {
             status,

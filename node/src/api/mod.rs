@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::computing::ComputeStatus;
+use crate::error_report::Chain;
 use crate::governor::{GovernorSnapshot, RunningUnit, UnitSet};
 use crate::network::{NetworkClient, NetworkStatus};
 
@@ -54,8 +55,8 @@ pub enum ApiError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no randomness for the API token: {0}")]
-    Random(String),
+    #[error("no randomness for the API token")]
+    Random(#[source] getrandom::Error),
 }
 
 /// What `GET /v1/status` answers and `formic status --json` prints.
@@ -228,7 +229,7 @@ impl ApiServer {
 
 fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::Random(e.to_string()))?;
+    getrandom::fill(&mut bytes).map_err(ApiError::Random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -290,7 +291,7 @@ pub async fn serve(context: ApiContext) -> Result<ApiServer, ApiError> {
             let _ = stopped.await;
         });
         if let Err(e) = server.await {
-            tracing::warn!(error = %e, "control API stopped with an error");
+            tracing::warn!(error = %Chain(&e), "control API stopped with an error");
         }
     });
     tracing::info!(%addr, "control API listening");

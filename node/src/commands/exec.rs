@@ -15,6 +15,7 @@ use clap::Args;
 use formic_work_units::{ENGINE_VERSION, Sandbox, SandboxConfig, SandboxLimits};
 
 use super::GlobalArgs;
+use crate::error_report::Chain;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -100,7 +101,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let cache_dir: Option<PathBuf> = match crate::data_dir::resolve(global.data_dir.as_deref()) {
         Ok(dir) => Some(dir.join("wasm-cache")),
         Err(e) => {
-            tracing::warn!(error = %e, "no data directory; compiling without a cache");
+            tracing::warn!(error = %Chain(&e), "no data directory; compiling without a cache");
             None
         }
     };

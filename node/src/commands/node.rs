@@ -55,22 +55,20 @@ pub struct NodeArgs {
 
     /// Deliberately return wrong results, to test a network's defences:
     /// always-wrong, sometimes-wrong:P, honest-then-defect:N, copier,
-    /// colluding:GROUP. Never use on a real network.
+    /// colluding:GROUP. Never use on a real network. Only in builds with
+    /// the `test-support` feature.
+    #[cfg(feature = "test-support")]
     #[arg(long, value_name = "MODE", hide = true, value_parser = parse_sabotage)]
     pub sabotage: Option<crate::computing::Sabotage>,
 }
 
+#[cfg(feature = "test-support")]
 fn parse_sabotage(s: &str) -> Result<crate::computing::Sabotage, String> {
     crate::computing::Sabotage::parse(s)
 }
 
 pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = crate::data_dir::resolve(global.data_dir.as_deref())?;
-    let keypair = crate::identity::load_or_create_node_identity(&data_dir)
-        .context("loading the node identity")?;
-    // The PeerId first, alone on stdout: scripts read it.
-    println!("{}", keypair.public().to_peer_id());
-
     // Preferences (formic.toml in the config dir, reloaded on SIGHUP) steer
     // the governor; --threads overrides the preference.
     let prefs_path = crate::preferences::default_path();
@@ -82,7 +80,6 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let threads = args.threads.unwrap_or(prefs.threads);
     let governor_dir = data_dir.clone();
     let mut config = NodeConfig::new(data_dir, DEFAULT_PORT);
-    config.keypair = Some(keypair);
     if args.listen.is_empty() {
         // The default port may be taken (another agent, another program).
         config.free_port_fallback = true;
@@ -104,8 +101,11 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let opened = Opened::open(&config).map_err(|e| match e {
         // Says what it was opening itself.
         e @ NodeError::State { .. } => anyhow::Error::from(e),
+        e @ NodeError::Identity(_) => anyhow::Error::from(e).context("loading the node identity"),
         e => anyhow::Error::from(e).context("starting the node"),
     })?;
+    // The PeerId first, alone on stdout: scripts read it.
+    println!("{}", opened.keypair.public().to_peer_id());
     let blobs = std::sync::Arc::clone(&opened.blobs);
 
     // The async threads only move messages (units run on the compute pool,
@@ -141,6 +141,7 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
         )
         .context("starting the idle governor")?;
         let role = Role {
+            #[cfg(feature = "test-support")]
             sabotage: args.sabotage,
             idle_priority: true,
             governed: Some(units),

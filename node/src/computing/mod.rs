@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::blob_store::BlobStore;
 use crate::deadline::sleep_until_some;
+use crate::error_report::{Chain, error_chain};
 use crate::network::{NetworkClient, NetworkEvent, Topic};
 use crate::state_store::StateStore;
 use host_retry::HostRetries;
@@ -74,7 +75,8 @@ pub struct ComputeConfig {
     /// host error without running, as a full sandbox pool or an input that
     /// cannot be fetched would. They alternate between striking after the
     /// unit's claim is out (the first, third, …) and at once, before it.
-    /// 0 in production.
+    /// Only in builds with the `test-support` feature.
+    #[cfg(feature = "test-support")]
     pub host_faults: u32,
 }
 
@@ -94,8 +96,14 @@ impl std::fmt::Debug for ComputeConfig {
 /// agent with nothing to compute should not pay (goal: 25 MB in all).
 pub struct LazySandbox {
     config: SandboxConfig,
-    sandbox: std::sync::OnceLock<Result<Sandbox, String>>,
+    sandbox: std::sync::OnceLock<Result<Sandbox, Arc<formic_work_units::SandboxError>>>,
 }
+
+/// The sandbox could not be created (its engine refused the configuration).
+/// Remembered, so each later use reports the same cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot start the sandbox")]
+pub struct SandboxUnavailable(#[source] Arc<formic_work_units::SandboxError>);
 
 impl std::fmt::Debug for LazySandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,11 +124,11 @@ impl LazySandbox {
 
     /// The sandbox, creating it on first use (blocking: call it off the
     /// async threads). A failure is remembered and reported each time.
-    pub fn get(&self) -> Result<&Sandbox, String> {
+    pub fn get(&self) -> Result<&Sandbox, SandboxUnavailable> {
         self.sandbox
-            .get_or_init(|| Sandbox::new(self.config.clone()).map_err(|e| e.to_string()))
+            .get_or_init(|| Sandbox::new(self.config.clone()).map_err(Arc::new))
             .as_ref()
-            .map_err(|e| format!("cannot start the sandbox: {e}"))
+            .map_err(|e| SandboxUnavailable(Arc::clone(e)))
     }
 }
 
@@ -154,16 +162,28 @@ pub struct ComputeStatus {
 /// Why a project could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("fetching the {what}: {reason}")]
-    Fetch { what: &'static str, reason: String },
-    #[error("the {what} does not decode: {reason}")]
-    Decode { what: &'static str, reason: String },
+    #[error("cannot fetch the {what}")]
+    Fetch {
+        what: &'static str,
+        #[source]
+        source: crate::network::FetchError,
+    },
+    #[error("the {what} does not decode")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: formic_protocol::DecodeError,
+    },
     #[error("the announcement names project {announced} but the manifest is {actual}")]
     WrongManifest { announced: String, actual: String },
-    #[error("the project is invalid: {0}")]
-    Invalid(String),
-    #[error("the app does not compile: {0}")]
-    Compile(String),
+    #[error("the project's manifest does not verify")]
+    Invalid(#[source] formic_protocol::VerifyError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxUnavailable),
+    #[error("the app does not compile")]
+    Compile(#[source] formic_work_units::CompileError),
+    #[error("the compile thread failed")]
+    CompileThread(#[source] tokio::task::JoinError),
 }
 
 /// A copy of one project's state, for collecting results.
@@ -411,7 +431,7 @@ struct Worker {
     /// CPU time of every unit run here since start.
     cpu: Duration,
     /// Injected host faults still to come (`ComputeConfig::host_faults`).
-    host_faults_left: std::cell::Cell<u32>,
+    injected_faults: sabotage::InjectedFaults,
 }
 
 async fn run(
@@ -424,7 +444,7 @@ async fn run(
     let me = match SignerKey::of(&config.keypair) {
         Ok(k) => k,
         Err(e) => {
-            tracing::error!(error = %e, "computing disabled: the node key is not ed25519");
+            tracing::error!(error = %Chain(&e), "computing disabled: the node key is not ed25519");
             return;
         }
     };
@@ -438,13 +458,16 @@ async fn run(
     if config.follow_all
         && let Err(e) = client.subscribe(Topic::Announce).await
     {
-        tracing::warn!(error = %e, "cannot subscribe to announcements: new projects will only arrive by sync");
+        tracing::warn!(error = %Chain(&e), "cannot subscribe to announcements: new projects will only arrive by sync");
     }
     let (loaded_tx, mut loaded_rx) = mpsc::channel(16);
     let (jobs_tx, mut jobs_rx) = mpsc::channel(64);
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(feature = "test-support")]
     let host_faults = config.host_faults;
+    #[cfg(not(feature = "test-support"))]
+    let host_faults = 0;
     let mut w = Worker {
         client,
         config,
@@ -461,7 +484,7 @@ async fn run(
         computed: 0,
         failed: 0,
         cpu: Duration::ZERO,
-        host_faults_left: std::cell::Cell::new(host_faults),
+        injected_faults: sabotage::InjectedFaults::new(host_faults),
     };
     w.restore().await;
     loop {
@@ -548,13 +571,13 @@ impl Worker {
                     Ok(Some(g)) => claims.push((*id, g)),
                     Ok(None) => {}
                     // The unit still runs; its commit will show it.
-                    Err(e) => tracing::warn!(error = %e, "cannot sign a claim"),
+                    Err(e) => tracing::warn!(error = %Chain(&e), "cannot sign a claim"),
                 }
             }
         }
         for (id, g) in claims {
             if let Err(e) = self.client.publish(Topic::Project(id), g).await {
-                tracing::debug!(error = %e, "claim not published");
+                tracing::debug!(error = %Chain(&e), "claim not published");
             }
         }
     }
@@ -570,13 +593,13 @@ impl Worker {
         };
         match tokio::task::spawn_blocking(move || state.followed()).await {
             Ok(Ok(followed)) => self.wanted.extend(followed),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read followed projects"),
-            Err(e) => tracing::warn!(error = %e, "cannot read followed projects"),
+            Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "cannot read followed projects"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "cannot read followed projects"),
         }
         let wanted: Vec<ProjectId> = self.wanted.iter().copied().collect();
         for project in wanted {
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
-                tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), "cannot subscribe to the project topic");
             }
         }
         for project in self.client.projects().await.unwrap_or_default() {
@@ -599,7 +622,7 @@ impl Worker {
             .await
             .ok()
             .and_then(|r| {
-                r.map_err(|e| tracing::warn!(error = %e, "cannot read held reveals"))
+                r.map_err(|e| tracing::warn!(error = %Chain(&e), "cannot read held reveals"))
                     .ok()
             })
             .unwrap_or_default();
@@ -652,7 +675,7 @@ impl Worker {
                 r.salt,
             ) {
                 Ok((commit, _)) => commits.push(Gossip::Commit(commit)),
-                Err(e) => tracing::warn!(error = %e, "cannot sign a commit"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "cannot sign a commit"),
             }
         }
         for g in &commits {
@@ -664,7 +687,7 @@ impl Worker {
         }
         for g in commits {
             if let Err(e) = self.client.publish(Topic::Project(project), g).await {
-                tracing::debug!(error = %e, "commit not published");
+                tracing::debug!(error = %Chain(&e), "commit not published");
             }
         }
     }
@@ -677,7 +700,7 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || state.follow(&project)).await;
         }
         if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
-            tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+            tracing::warn!(project = %project.short(), error = %Chain(&e), "cannot subscribe to the project topic");
         }
         // Records already held (the announcement among them) start the load.
         if let Ok(records) = self.client.records(project).await {
@@ -751,7 +774,7 @@ impl Worker {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(project = %project.short(), error = %e, "record not applied");
+                    tracing::debug!(project = %project.short(), error = %Chain(&e), "record not applied");
                 }
             }
         } else if self.loading.contains(&project) || self.wanted.contains(&project) {
@@ -808,7 +831,7 @@ impl Worker {
                         Ok(Some(g)) => renewed.push(g),
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot sign a claim");
+                            tracing::warn!(error = %Chain(&e), "cannot sign a claim");
                             continue;
                         }
                     }
@@ -821,7 +844,7 @@ impl Worker {
             f.host_retry.forget_settled(|u| state.is_settled(u));
             for g in renewed {
                 if let Err(e) = self.client.publish(Topic::Project(id), g).await {
-                    tracing::debug!(error = %e, "claim not published");
+                    tracing::debug!(error = %Chain(&e), "claim not published");
                 }
             }
         }
@@ -866,7 +889,7 @@ impl Worker {
                 let wait = LOAD_RETRY_FIRST
                     .saturating_mul(1 << attempt.min(16))
                     .min(LOAD_RETRY_MAX);
-                tracing::warn!(project = %project.short(), error = %e, retry_in = ?wait, "cannot load project yet");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), retry_in = ?wait, "cannot load project yet");
                 self.retries.insert(
                     project,
                     LoadRetry {
@@ -879,7 +902,7 @@ impl Worker {
             }
             Err(e) => {
                 self.retries.remove(&project);
-                tracing::warn!(project = %project.short(), error = %e, "cannot load project");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), "cannot load project");
                 return;
             }
         };
@@ -887,18 +910,18 @@ impl Worker {
         if let Some(f) = self.projects.get_mut(&project) {
             // A further batch of a project already followed.
             if let Err(e) = f.state.add_batch(&batch) {
-                tracing::warn!(project = %project.short(), error = %e, "batch rejected");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), "batch rejected");
             }
         } else {
             let mut state = match ProjectState::new(&manifest, self.config.probation) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(project = %project.short(), error = %e, "manifest rejected");
+                    tracing::warn!(project = %project.short(), error = %Chain(&e), "manifest rejected");
                     return;
                 }
             };
             if let Err(e) = state.add_batch(&batch) {
-                tracing::warn!(project = %project.short(), error = %e, "batch rejected");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), "batch rejected");
                 return;
             }
             tracing::info!(project = %project.short(), name = %state.manifest().name, units = state.unit_count(),
@@ -930,7 +953,7 @@ impl Worker {
                 },
             );
             if let Err(e) = self.client.subscribe(Topic::Project(project)).await {
-                tracing::warn!(project = %project.short(), error = %e, "cannot subscribe to the project topic");
+                tracing::warn!(project = %project.short(), error = %Chain(&e), "cannot subscribe to the project topic");
             }
             // Before the catch-up: units whose reveal is held on disk are
             // not re-run when the catch-up meets their claims below.
@@ -1023,22 +1046,16 @@ impl Worker {
         let tx = self.jobs_tx.clone();
         let skip = self.config.sabotage.is_some_and(|s| s.skips_compute());
         tracing::debug!(project = %project.short(), unit = order.unit.index, audit = order.audit, "computing unit");
-        let faults_left = self.host_faults_left.get();
-        let injected_fault = faults_left > 0;
-        // Counting down from `host_faults`: the first strikes late.
-        let fault_after_claim = faults_left % 2 == self.config.host_faults % 2;
-        if injected_fault {
-            self.host_faults_left.set(faults_left - 1);
-        }
+        let injected_fault = self.injected_faults.next();
         let pool = self.config.pool.clone();
         let governed = self.config.governed.clone();
         tokio::spawn(async move {
             let unit = order.unit;
             let result = async {
-                if injected_fault {
+                if let Some(fault) = injected_fault {
                     // Late, as a host error that strikes mid-run (an input
                     // fetch timing out) would, or at once (a full pool).
-                    if fault_after_claim {
+                    if fault == sabotage::InjectedFault::AfterClaim {
                         tokio::time::sleep(2 * CLAIM_DELAY).await;
                     }
                     return (Err(JobError::Host("injected host fault".to_owned())), None);
@@ -1076,13 +1093,13 @@ impl Worker {
                     crate::os_clocks::with_thread_cpu(|| {
                         sandbox
                             .get()
-                            .map_err(JobError::Host)?
+                            .map_err(|e| JobError::Host(error_chain(&e)))?
                             .run(&app, &input, seed, &limits, Some(&control))
                             .map_err(|e| {
                                 if e.is_host_condition() {
-                                    JobError::Host(e.to_string())
+                                    JobError::Host(error_chain(&e))
                                 } else {
-                                    JobError::Unit(e.to_string())
+                                    JobError::Unit(error_chain(&e))
                                 }
                             })
                     })
@@ -1165,7 +1182,7 @@ impl Worker {
         if output.len() > MAX_INLINE_BYTES
             && let Err(e) = self.client.put_blob(output).await
         {
-            tracing::warn!(error = %e, "cannot store a unit's output");
+            tracing::warn!(error = %Chain(&e), "cannot store a unit's output");
             self.result_not_kept(done.project, done.unit.index);
             return;
         }
@@ -1192,10 +1209,12 @@ impl Worker {
                         state.put_held_reveal(&project, index, &bytes)
                     })
                     .await;
-                    if let Err(e) = stored
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                    {
+                    let stored = match stored {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(error_chain(&e)),
+                        Err(e) => Err(error_chain(&e)),
+                    };
+                    if let Err(e) = stored {
                         // Publishing a commit whose reveal could be lost would
                         // break the promise above: drop the result instead
                         // (any claim lapses and the unit goes to others).
@@ -1212,10 +1231,10 @@ impl Worker {
                 let _ = f.state.apply(&g);
                 f.held.push((done.unit, reveal));
                 if let Err(e) = self.client.publish(Topic::Project(done.project), g).await {
-                    tracing::debug!(error = %e, "commit not published");
+                    tracing::debug!(error = %Chain(&e), "commit not published");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot sign a commit"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "cannot sign a commit"),
         }
         self.open_commits().await;
         // Take the next unit now rather than at the next tick: with short
@@ -1266,7 +1285,7 @@ impl Worker {
             let bytes = g.to_bytes().ok();
             match self.client.publish(Topic::Project(id), g).await {
                 Ok(_) => published.extend(bytes.map(|b| (id, index, b))),
-                Err(e) => tracing::debug!(error = %e, "reveal not published"),
+                Err(e) => tracing::debug!(error = %Chain(&e), "reveal not published"),
             }
         }
         // A published reveal becomes a stored record and stops being held
@@ -1277,7 +1296,7 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || {
                 for (project, index, bytes) in published {
                     if let Err(e) = state.reveal_published(&project, index, &bytes) {
-                        tracing::warn!(error = %e, "published reveal not persisted");
+                        tracing::warn!(error = %Chain(&e), "published reveal not persisted");
                     }
                 }
             })
@@ -1329,7 +1348,7 @@ impl Worker {
                 (self.client.clone(), *id, Arc::clone(&f.resync_running));
             tokio::spawn(async move {
                 if let Err(e) = client.sync_records(project).await {
-                    tracing::debug!(error = %e, "pull-sync of a stalled project failed");
+                    tracing::debug!(error = %Chain(&e), "pull-sync of a stalled project failed");
                 }
                 running.store(false, std::sync::atomic::Ordering::Relaxed);
             });
@@ -1420,10 +1439,8 @@ async fn load(
     sandbox: &Arc<LazySandbox>,
     compute: bool,
 ) -> Result<LoadedParts, LoadError> {
-    let fetch = |what: &'static str, e: crate::network::FetchError| LoadError::Fetch {
-        what,
-        reason: e.to_string(),
-    };
+    let fetch =
+        |what: &'static str, source: crate::network::FetchError| LoadError::Fetch { what, source };
     // Every blob of a followed project is pinned: the disk quota evicts
     // only what the node does not need (pins last while the process runs).
     let pin = |id| blobs.pin(id);
@@ -1433,9 +1450,9 @@ async fn load(
         .map_err(|e| fetch("manifest", e))?;
     pin(announce.manifest.id);
     let manifest =
-        Signed::<ProjectManifest>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
+        Signed::<ProjectManifest>::from_bytes(&bytes).map_err(|source| LoadError::Decode {
             what: "manifest",
-            reason: e.to_string(),
+            source,
         })?;
     if manifest.id() != announce.project {
         return Err(LoadError::WrongManifest {
@@ -1443,17 +1460,15 @@ async fn load(
             actual: manifest.id().to_string(),
         });
     }
-    let m = manifest
-        .verify()
-        .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    let m = manifest.verify().map_err(LoadError::Invalid)?;
     let bytes = client
         .fetch_blob(announce.batch)
         .await
         .map_err(|e| fetch("batch", e))?;
     pin(announce.batch.id);
-    let batch = Signed::<Batch>::from_bytes(&bytes).map_err(|e| LoadError::Decode {
+    let batch = Signed::<Batch>::from_bytes(&bytes).map_err(|source| LoadError::Decode {
         what: "batch",
-        reason: e.to_string(),
+        source,
     })?;
     // Hold every input blob, so the project survives its owner going
     // offline (and units start without a fetch).
@@ -1485,11 +1500,10 @@ async fn load(
         pin(m.app.id);
         let sandbox = Arc::clone(sandbox);
         let app = tokio::task::spawn_blocking(move || {
-            sandbox.get()?.compile(&wasm).map_err(|e| e.to_string())
+            sandbox.get()?.compile(&wasm).map_err(LoadError::Compile)
         })
         .await
-        .map_err(|e| LoadError::Compile(e.to_string()))?
-        .map_err(LoadError::Compile)?;
+        .map_err(LoadError::CompileThread)??;
         Some(Arc::new(app))
     } else {
         None

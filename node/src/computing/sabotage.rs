@@ -1,7 +1,13 @@
 //! Deliberately wrong workers, for tests and the demo: the saboteurs the
 //! validation scheme must withstand (docs/VALIDATION.md). Never enabled by
-//! default; a node only sabotages when told to on the command line or in a
-//! test.
+//! default.
+//!
+//! [`Sabotage`] is compiled into every build because `formic demo` runs
+//! saboteurs in-process to show validation outvoting them; nothing else
+//! reaches it. The ways to switch misbehaviour on from outside (`formic
+//! node --sabotage`, injected host faults) exist only with the
+//! `test-support` cargo feature, which the test crates enable and release
+//! builds do not.
 
 use formic_protocol::messages::UnitRef;
 use formic_protocol::{ContentId, SignerKey};
@@ -147,5 +153,58 @@ mod tests {
             Sabotage::HonestThenDefect { after: 5 }.corrupt(&unit, &a, 4, 0, b"42"),
             None
         );
+    }
+}
+
+/// Whether an injected host fault strikes before the unit's claim is out
+/// or after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+pub(crate) enum InjectedFault {
+    /// At once, as a full sandbox pool would.
+    BeforeClaim,
+    /// Mid-run, as an input fetch that times out would.
+    AfterClaim,
+}
+
+/// Host faults still to inject (`ComputeConfig::host_faults`). Without the
+/// `test-support` feature there are none and this is empty.
+#[derive(Debug)]
+pub(crate) struct InjectedFaults {
+    #[cfg(feature = "test-support")]
+    left: std::cell::Cell<u32>,
+    #[cfg(feature = "test-support")]
+    total: u32,
+}
+
+impl InjectedFaults {
+    #[cfg_attr(not(feature = "test-support"), allow(unused_variables))]
+    pub(crate) fn new(total: u32) -> Self {
+        Self {
+            #[cfg(feature = "test-support")]
+            left: std::cell::Cell::new(total),
+            #[cfg(feature = "test-support")]
+            total,
+        }
+    }
+
+    /// The fault for the next unit run, if one is due. Counting down from
+    /// the total, they alternate, and the first strikes after the claim.
+    pub(crate) fn next(&self) -> Option<InjectedFault> {
+        #[cfg(feature = "test-support")]
+        {
+            let left = self.left.get();
+            if left == 0 {
+                return None;
+            }
+            self.left.set(left - 1);
+            Some(if left % 2 == self.total % 2 {
+                InjectedFault::AfterClaim
+            } else {
+                InjectedFault::BeforeClaim
+            })
+        }
+        #[cfg(not(feature = "test-support"))]
+        None
     }
 }

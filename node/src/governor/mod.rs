@@ -455,8 +455,12 @@ fn run(
     loop {
         {
             let mut wake = control.wake.lock().unwrap_or_else(PoisonError::into_inner);
+            // The governor's own OS thread, outside any runtime: it waits
+            // on a condvar with the OS clock.
+            #[allow(clippy::disallowed_methods)]
             let deadline = std::time::Instant::now() + tick;
             while !wake.stop && !wake.nudge {
+                #[allow(clippy::disallowed_methods)]
                 let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
                     break;
                 };

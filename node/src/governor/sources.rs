@@ -7,6 +7,11 @@
 //! counts as paused (see [`super::pause_file`]). Fakes for tests are in
 //! [`super::fake`].
 
+// The samplers run on the governor's own OS thread and measure the real
+// machine (CPU busy time over a real window), not the async runtime's
+// clock, so they read the OS's monotonic clock directly.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

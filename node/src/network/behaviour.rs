@@ -96,10 +96,17 @@ fn gossipsub() -> Result<gossipsub::Behaviour, StartError> {
         // (recovered by sync) instead of growing our memory.
         .connection_handler_queue_len(1000)
         .build()
-        .map_err(|e| StartError::Behaviour(format!("gossipsub config: {e}")))?;
+        .map_err(|e| StartError::Behaviour {
+            part: "gossipsub config",
+            source: e.into(),
+        })?;
     let mut behaviour =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
-            .map_err(|e| StartError::Behaviour(format!("gossipsub: {e}")))?;
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config).map_err(
+            |e| StartError::Behaviour {
+                part: "gossipsub",
+                source: e.into(),
+            },
+        )?;
     let params = gossipsub::PeerScoreParams {
         // Local test networks and demos run many peers on one address;
         // co-location still counts for every other address.
@@ -111,7 +118,10 @@ fn gossipsub() -> Result<gossipsub::Behaviour, StartError> {
     };
     behaviour
         .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
-        .map_err(|e| StartError::Behaviour(format!("gossipsub scoring: {e}")))?;
+        .map_err(|e| StartError::Behaviour {
+            part: "gossipsub scoring",
+            source: e.into(),
+        })?;
     Ok(behaviour)
 }
 
@@ -160,8 +170,12 @@ fn behaviour(keypair: &Keypair, config: &NetworkConfig) -> Result<Behaviour, Sta
         .with_max_pending_outgoing(Some(l.max_pending));
     let mdns = if config.mdns {
         Some(
-            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
-                .map_err(|e| StartError::Behaviour(format!("mDNS: {e}")))?,
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| {
+                StartError::Behaviour {
+                    part: "mDNS",
+                    source: e.into(),
+                }
+            })?,
         )
     } else {
         None
@@ -213,12 +227,15 @@ pub(crate) fn build_swarm(
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| StartError::Transport(e.to_string()))?
+        .map_err(|e| StartError::Transport(e.into()))?
         .with_quic()
         .with_dns()
-        .map_err(|e| StartError::Transport(e.to_string()))?
+        .map_err(|e| StartError::Transport(e.into()))?
         .with_behaviour(|_| behaviour)
-        .map_err(|e| StartError::Behaviour(e.to_string()))?
+        .map_err(|e| StartError::Behaviour {
+            part: "swarm",
+            source: e.into(),
+        })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)

@@ -30,8 +30,18 @@ pub enum ClientError {
 pub enum SubscribeError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("gossipsub refused the subscription: {0}")]
-    Gossipsub(String),
+    #[error("gossipsub refused the subscription")]
+    Gossipsub(#[source] libp2p::gossipsub::SubscriptionError),
+    #[error("gossipsub refused the topic's score parameters: {0}")]
+    TopicParams(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the swarm refused to dial")]
+    Refused(#[from] libp2p::swarm::DialError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +56,8 @@ pub enum PublishError {
     WrongTopic { record: ProjectId, topic: String },
     #[error("{0} messages already wait for subscribers; try again later")]
     QueueFull(usize),
-    #[error("gossipsub refused the message: {0}")]
-    Gossipsub(String),
+    #[error("gossipsub refused the message")]
+    Gossipsub(#[source] libp2p::gossipsub::PublishError),
 }
 
 /// What happened to a published message.
@@ -70,10 +80,10 @@ pub enum PutBlobError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Store(#[from] BlobStoreError),
-    #[error("cannot announce the blob in Kademlia: {0}")]
-    Provide(String),
-    #[error("the blob-store task failed: {0}")]
-    Join(String),
+    #[error("cannot announce the blob in Kademlia")]
+    Provide(#[source] libp2p::kad::store::Error),
+    #[error("the blob-store task failed")]
+    Join(#[source] tokio::task::JoinError),
 }
 
 /// Why one request to one peer failed.
@@ -81,8 +91,8 @@ pub enum PutBlobError {
 pub(crate) enum RequestError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("request failed: {0}")]
-    Failed(String),
+    #[error("request failed")]
+    Failed(#[source] Arc<libp2p::request_response::OutboundFailure>),
     #[error("malformed response: {0}")]
     Malformed(DecodeError),
 }
@@ -121,7 +131,7 @@ pub(crate) enum Command {
     },
     Dial {
         addr: Multiaddr,
-        reply: Reply<Result<(), String>>,
+        reply: Reply<Result<(), libp2p::swarm::DialError>>,
     },
     ConnectedPeers {
         reply: Reply<Vec<PeerId>>,
@@ -138,7 +148,7 @@ pub(crate) enum Command {
     },
     StartProviding {
         id: ContentId,
-        reply: Reply<Result<(), String>>,
+        reply: Reply<Result<(), libp2p::kad::store::Error>>,
     },
     GetProviders {
         id: ContentId,
@@ -251,8 +261,8 @@ impl NetworkClient {
     }
 
     /// Dials an address (with or without `/p2p/`).
-    pub async fn dial(&self, addr: Multiaddr) -> Result<Result<(), String>, ClientError> {
-        self.ask(|reply| Command::Dial { addr, reply }).await
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), DialError> {
+        Ok(self.ask(|reply| Command::Dial { addr, reply }).await??)
     }
 
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, ClientError> {
@@ -297,10 +307,10 @@ impl NetworkClient {
                 })
         })
         .await
-        .map_err(|e| PutBlobError::Join(e.to_string()))??;
+        .map_err(PutBlobError::Join)??;
         self.provide(blob.id).await.map_err(|e| match e {
             ProvideError::Client(c) => PutBlobError::Client(c),
-            ProvideError::Kad(s) => PutBlobError::Provide(s),
+            ProvideError::Kad(e) => PutBlobError::Provide(e),
         })?;
         Ok(blob)
     }
@@ -381,6 +391,6 @@ impl NetworkClient {
 pub(crate) enum ProvideError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("{0}")]
-    Kad(String),
+    #[error(transparent)]
+    Kad(libp2p::kad::store::Error),
 }

@@ -28,6 +28,7 @@ use libp2p::PeerId;
 
 use super::client::{ClientError, NetworkClient, RequestError};
 use crate::blob_store::BlobStoreError;
+use crate::error_report::Chain;
 
 /// Why a blob could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +47,8 @@ pub enum FetchError {
     },
     #[error(transparent)]
     Store(#[from] BlobStoreError),
-    #[error("the blob-store task failed: {0}")]
-    Join(String),
+    #[error("the blob-store task failed")]
+    Join(#[source] tokio::task::JoinError),
 }
 
 /// How a blob fetch went: who served it and who was caught lying.
@@ -195,7 +196,7 @@ async fn fetch(
     let id = blob.id;
     let local = tokio::task::spawn_blocking(move || store.get(&id))
         .await
-        .map_err(|e| FetchError::Join(e.to_string()))??;
+        .map_err(FetchError::Join)??;
     if let Some(bytes) = local {
         return Ok((bytes, FetchReport::default()));
     }
@@ -251,11 +252,11 @@ async fn fetch(
                     store.put_verified(&blob, &bytes).map(|()| bytes)
                 })
                 .await
-                .map_err(|e| FetchError::Join(e.to_string()))??;
+                .map_err(FetchError::Join)??;
                 // Provide it in turn, so the blob survives its publisher
                 // going offline. Failing to announce is not failing to fetch.
                 if let Err(e) = client.provide(blob.id).await {
-                    tracing::warn!(blob = %blob.id.short(), error = %e, "fetched blob but could not provide it");
+                    tracing::warn!(blob = %blob.id.short(), error = %Chain(&e), "fetched blob but could not provide it");
                 }
                 tracing::info!(blob = %blob.id.short(), size = blob.size, served_by = report.served_by.len(),
                     rejected = report.rejected.len(), "fetched blob");
@@ -387,4 +388,46 @@ async fn fetch_chunks(
         }
     }
     Ok(whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_store::BlobStore;
+    use crate::network::{NetworkConfig, NetworkStores};
+
+    /// The provider-lookup backoff runs on Tokio's clock, so with time
+    /// paused a lone node reports "no provider" after the whole backoff has
+    /// elapsed on that clock, without the test waiting it out.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_node_finds_no_provider_after_its_whole_backoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = NetworkStores {
+            blobs: Arc::new(BlobStore::open(dir.path()).expect("blob store")),
+            state: None,
+            peers_dir: dir.path().to_path_buf(),
+        };
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let (client, _events, task) = crate::network::new(NetworkConfig::local(), keypair, stores)
+            .await
+            .expect("network starts");
+        let running = tokio::spawn(task.run());
+
+        let t0 = tokio::time::Instant::now();
+        let blob = BlobRef::of(b"held by nobody");
+        let err = client
+            .fetch_blob(blob)
+            .await
+            .expect_err("nobody holds the blob");
+        assert!(
+            matches!(err, FetchError::NoProviders(id) if id == blob.id),
+            "{err}"
+        );
+        // 0.5 s + 1 s + 1.5 s between the three lookups.
+        let backoff: u64 = (0..PROVIDER_LOOKUPS as u64).map(|a| 500 * (a + 1)).sum();
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(backoff));
+
+        client.shutdown().await;
+        let _ = running.await;
+    }
 }

@@ -49,8 +49,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use client::{
-    ClientError, NetworkClient, PublishError, PublishOutcome, PutBlobError, SubscribeError,
-    SyncReport,
+    ClientError, DialError, NetworkClient, PublishError, PublishOutcome, PutBlobError,
+    SubscribeError, SyncReport,
 };
 pub use fetch::{FetchError, FetchReport};
 pub use records::{RecordLimits, RecordStore};
@@ -165,6 +165,8 @@ impl Default for NetworkLimits {
 }
 
 /// Deliberate misbehaviour, for tests of the peers that must cope with it.
+/// Only in builds with the `test-support` feature.
+#[cfg(feature = "test-support")]
 #[derive(Debug, Clone, Default)]
 #[doc(hidden)]
 pub struct FaultInjection {
@@ -193,6 +195,7 @@ pub struct NetworkConfig {
     /// [`SETTLED_BOOTSTRAP_INTERVAL`] instead.
     pub bootstrap_interval: Duration,
     pub limits: NetworkLimits,
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fault: FaultInjection,
 }
@@ -208,6 +211,7 @@ impl NetworkConfig {
             kad_server: false,
             bootstrap_interval: Duration::from_secs(5),
             limits: NetworkLimits::default(),
+            #[cfg(feature = "test-support")]
             fault: FaultInjection::default(),
         }
     }
@@ -327,15 +331,28 @@ pub struct NetworkStatus {
     pub blob_store: BlobStoreStats,
 }
 
+/// A cause whose type differs between libp2p's builder steps (some are
+/// `Infallible`, some `&'static str`); boxed so the chain still reaches
+/// `main`'s report.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why the network could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot set up the transports: {0}")]
-    Transport(String),
-    #[error("cannot set up the network behaviour: {0}")]
-    Behaviour(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot set up the transports")]
+    Transport(#[source] BoxedError),
+    #[error("cannot set up the network behaviour ({part})")]
+    Behaviour {
+        part: &'static str,
+        #[source]
+        source: BoxedError,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: Multiaddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no listen address came up within {0:?}")]
     ListenTimeout(Duration),
     #[error(transparent)]

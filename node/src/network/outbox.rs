@@ -19,8 +19,11 @@
 //! what it returns.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::error_report::Chain;
 use formic_protocol::messages::{
     Gossip, GossipBundle, MAX_BUNDLE_RECORDS, MAX_GOSSIP_BYTES, ProjectId, UnitRef,
 };
@@ -250,7 +253,7 @@ fn take(p: &mut Pending, keypair: Option<&(Keypair, SignerKey)>, now: Instant) -
         // still go out, one message each, as bundled (the store learns of
         // the new forms through the first).
         Err(e) => {
-            tracing::warn!(error = %e, "cannot encode a gossip bundle; sending its records alone");
+            tracing::warn!(error = %Chain(&e), "cannot encode a gossip bundle; sending its records alone");
             let mut out: Vec<Outgoing> = sent.into_iter().map(alone).collect();
             if let Some(first) = out.first_mut() {
                 first.resigned = resigned;
@@ -274,7 +277,7 @@ fn batch_sign(records: &mut [Held], key: &Keypair, me: &SignerKey) -> Vec<(Vec<u
     }
     let mut batch: Vec<Gossip> = mine.iter().map(|&i| records[i].record.clone()).collect();
     if let Err(e) = Gossip::sign_batch(key, &mut batch) {
-        tracing::warn!(error = %e, "cannot sign a batch; its records keep their own signatures");
+        tracing::warn!(error = %Chain(&e), "cannot sign a batch; its records keep their own signatures");
         return Vec::new();
     }
     let encoded: Result<Vec<Vec<u8>>, _> = batch.iter().map(Gossip::to_bytes).collect();
@@ -289,7 +292,7 @@ fn batch_sign(records: &mut [Held], key: &Keypair, me: &SignerKey) -> Vec<(Vec<u
             resigned
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot encode a batch; its records keep their own signatures");
+            tracing::warn!(error = %Chain(&e), "cannot encode a batch; its records keep their own signatures");
             Vec::new()
         }
     }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error_report::Chain;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +38,7 @@ pub(crate) fn load(data_dir: &Path) -> Vec<(PeerId, Vec<Multiaddr>)> {
     let entries: Vec<Entry> = match serde_json::from_slice(&bytes) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, "ignoring unreadable peers file");
+            tracing::warn!(error = %Chain(&e), "ignoring unreadable peers file");
             return Vec::new();
         }
     };
@@ -75,6 +76,6 @@ pub(crate) fn save(data_dir: &Path, peers: &[(PeerId, Vec<Multiaddr>)]) {
         .map_err(std::io::Error::other)
         .and_then(|bytes| crate::data_dir::write_atomic(&path(data_dir), &bytes, false));
     if let Err(e) = result {
-        tracing::warn!(error = %e, "could not save the peers file");
+        tracing::warn!(error = %Chain(&e), "could not save the peers file");
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Task;
 use crate::blob_store::BlobStore;
+use crate::error_report::Chain;
 use crate::network::client::RequestError;
 
 /// Blob disk reads at once.
@@ -38,7 +39,7 @@ impl Task {
                 .kad
                 .start_providing(kad::RecordKey::new(id.as_bytes()))
             {
-                tracing::warn!(blob = %id.short(), error = %e, "cannot provide stored blob");
+                tracing::warn!(blob = %id.short(), error = %Chain(&e), "cannot provide stored blob");
             }
         }
     }
@@ -96,7 +97,7 @@ impl Task {
             } => {
                 tracing::debug!(%peer, %error, "blob request failed");
                 if let Some(reply) = self.pending_blob.remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                    let _ = reply.send(Err(RequestError::Failed(std::sync::Arc::new(error))));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -112,7 +113,10 @@ impl Task {
         let store = Arc::clone(&self.store);
         let readers = Arc::clone(&self.blob_readers);
         let tx = self.blob_io.clone();
+        #[cfg(feature = "test-support")]
         let corrupt = self.fault.corrupt_chunks;
+        #[cfg(not(feature = "test-support"))]
+        let corrupt = false;
         tokio::spawn(async move {
             let Ok(_permit) = readers.acquire_owned().await else {
                 return;
@@ -156,7 +160,7 @@ fn read_blob(store: &BlobStore, request: BlobRequest, corrupt: bool) -> BlobResp
         Ok(Some(r)) => r,
         Ok(None) => BlobResponse::NotFound,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot serve blob");
+            tracing::warn!(error = %Chain(&e), "cannot serve blob");
             BlobResponse::NotFound
         }
     }

@@ -10,7 +10,9 @@
 //! (logs, events, disconnections, the block list).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 

@@ -5,11 +5,14 @@
 //! the comments on each); they are kept apart from gossip and sync because
 //! they change for different reasons.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use libp2p::{Multiaddr, PeerId, kad};
 
 use super::Task;
+use crate::error_report::Chain;
 use crate::network::{SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, peers_file};
 
 /// A re-bootstrap triggered by a new Kademlia peer waits at least this long
@@ -55,7 +58,9 @@ impl Task {
             }
             match self.swarm.dial(addr.clone()) {
                 Ok(()) => dials += 1,
-                Err(e) => tracing::warn!(address = %addr, error = %e, "cannot dial bootstrap peer"),
+                Err(e) => {
+                    tracing::warn!(address = %addr, error = %Chain(&e), "cannot dial bootstrap peer")
+                }
             }
         }
         for (peer, addrs) in peers_file::load(&self.peers_dir) {
@@ -70,7 +75,7 @@ impl Task {
                 .build();
             match self.swarm.dial(opts) {
                 Ok(()) => dials += 1,
-                Err(e) => tracing::debug!(%peer, error = %e, "cannot dial remembered peer"),
+                Err(e) => tracing::debug!(%peer, error = %Chain(&e), "cannot dial remembered peer"),
             }
         }
         dials
@@ -253,7 +258,7 @@ impl Task {
                     // With no peer reachable yet the record is still stored
                     // locally and republished later: not an error for the caller.
                     if let Err(e) = result {
-                        tracing::debug!(error = %e, "provider record not replicated yet");
+                        tracing::debug!(error = %Chain(&e), "provider record not replicated yet");
                     }
                     let _ = reply.send(Ok(()));
                 }

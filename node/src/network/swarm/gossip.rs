@@ -4,7 +4,9 @@
 //! why they stay together.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use formic_protocol::messages::{Gossip, GossipBundle};
 use futures::StreamExt;
@@ -12,6 +14,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 
 use super::Task;
+use crate::error_report::Chain;
 use crate::network::behaviour::topic_score_params;
 use crate::network::client::{PublishError, PublishOutcome, SubscribeError};
 use crate::network::{RecordVia, Topic};
@@ -34,10 +37,9 @@ impl Task {
     pub(super) fn subscribe(&mut self, topic: Topic) -> Result<(), SubscribeError> {
         let ident = topic.ident();
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
-        gs.subscribe(&ident)
-            .map_err(|e| SubscribeError::Gossipsub(format!("{e:?}")))?;
+        gs.subscribe(&ident).map_err(SubscribeError::Gossipsub)?;
         gs.set_topic_params(ident.clone(), topic_score_params())
-            .map_err(|e| SubscribeError::Gossipsub(e.to_string()))?;
+            .map_err(SubscribeError::TopicParams)?;
         if let Topic::Project(project) = topic {
             self.project_topics.insert(ident.hash(), project);
             // Peers already in the topic hold what we missed.
@@ -118,7 +120,7 @@ impl Task {
         }
         for (topic, out) in held {
             if let Err(e) = self.send_outgoing(topic, out) {
-                tracing::debug!(error = %e, "gossip bundle not sent at shutdown");
+                tracing::debug!(error = %Chain(&e), "gossip bundle not sent at shutdown");
             }
         }
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
@@ -134,7 +136,7 @@ impl Task {
     pub(super) fn send_due_bundles(&mut self) {
         for (topic, out) in self.outbox.take_due(Instant::now()) {
             if let Err(e) = self.send_outgoing(topic, out) {
-                tracing::debug!(error = %e, "gossip bundle not sent");
+                tracing::debug!(error = %Chain(&e), "gossip bundle not sent");
             }
         }
     }
@@ -180,7 +182,7 @@ impl Task {
                 });
                 Ok(PublishOutcome::Queued)
             }
-            Err(e) => Err(PublishError::Gossipsub(e.to_string())),
+            Err(e) => Err(PublishError::Gossipsub(e)),
         }
     }
 
@@ -206,7 +208,7 @@ impl Task {
                     | gossipsub::PublishError::AllQueuesFull(_),
                 ) => keep.push_back(q),
                 Err(e) => {
-                    tracing::warn!(topic = %q.topic, error = %e, "dropping queued publication")
+                    tracing::warn!(topic = %q.topic, error = %Chain(&e), "dropping queued publication")
                 }
             }
         }

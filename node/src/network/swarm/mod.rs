@@ -30,7 +30,9 @@ mod sync;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use formic_protocol::blob_transfer::BlobResponse;
 use formic_protocol::messages::{Gossip, ProjectId};
@@ -47,8 +49,7 @@ use super::client::{Command, RequestError};
 use super::outbox::Outbox;
 use super::records::{Inserted, RecordStore};
 use super::{
-    FaultInjection, KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, RecordVia,
-    SETTLED_ROUTING_TABLE,
+    KAD_PROTOCOL, NetworkEvent, NetworkLimits, NetworkStatus, RecordVia, SETTLED_ROUTING_TABLE,
 };
 use crate::blob_store::{BlobStore, BlobStoreStats};
 use crate::deadline::sleep_until_some;
@@ -77,7 +78,8 @@ pub(super) struct Task {
     peers_dir: PathBuf,
     limits: NetworkLimits,
     bootstrap_interval: Duration,
-    fault: FaultInjection,
+    #[cfg(feature = "test-support")]
+    fault: super::FaultInjection,
     store: Arc<BlobStore>,
     records: RecordStore,
     events: mpsc::Sender<NetworkEvent>,
@@ -114,7 +116,7 @@ pub(super) struct Task {
     /// in the same bundle or a later sync page, cost hashes only.
     verified_roots: VerifiedRoots,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
-    pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
+    pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), kad::store::Error>>>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, RequestError>>>,
     pending_sync: HashMap<OutboundRequestId, SyncJob>,
     sync_ops: HashMap<u64, SyncOp>,
@@ -161,7 +163,7 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().blobs.send_response(channel, Ok(response));
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = sleep_until_some(self.outbox.next_due().map(tokio::time::Instant::from_std)) => {
+                _ = sleep_until_some(self.outbox.next_due()) => {
                     self.send_due_bundles()
                 }
             }
@@ -237,7 +239,7 @@ impl Task {
                 if let Some(peer) = peer {
                     self.swarm.behaviour_mut().kad.add_address(&peer, base);
                 }
-                let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
+                let _ = reply.send(self.swarm.dial(addr));
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -266,7 +268,7 @@ impl Task {
                         self.pending_provide.insert(qid, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }

@@ -5,7 +5,7 @@
 //! refusing newcomers.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 

@@ -71,7 +71,7 @@ pub(in crate::network) async fn build(
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                source: std::io::Error::other(e),
             })?;
         listeners.insert(id);
     }
@@ -94,13 +94,15 @@ pub(in crate::network) async fn build(
                 } => {
                     return Err(StartError::Listen {
                         addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
-                        reason: format!("listener {listener_id:?} closed: {reason:?}"),
+                        source: reason.err().unwrap_or_else(|| {
+                            std::io::Error::other(format!("listener {listener_id:?} closed"))
+                        }),
                     });
                 }
                 SwarmEvent::ListenerError { error, .. } => {
                     return Err(StartError::Listen {
                         addr: Multiaddr::empty(),
-                        reason: error.to_string(),
+                        source: error,
                     });
                 }
                 other => tracing::trace!(event = ?other, "swarm event before listening"),
@@ -119,6 +121,7 @@ pub(in crate::network) async fn build(
         peers_dir: stores.peers_dir,
         limits: config.limits.clone(),
         bootstrap_interval: config.bootstrap_interval,
+        #[cfg(feature = "test-support")]
         fault: config.fault.clone(),
         store: stores.blobs,
         records: open_records(config.limits.records, stores.state.as_ref())?,
