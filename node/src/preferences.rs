@@ -169,6 +169,9 @@ pub struct Preferences {
     pub disk_quota: u64,
     /// Data directory; `None` = the platform default (or `--data-dir`).
     pub data_dir: Option<PathBuf>,
+    /// Peers to join the network through, besides `--bootstrap` and
+    /// [`BOOTSTRAP_ENV`] (see [`bootstrap_list`]).
+    pub bootstrap: Vec<libp2p::Multiaddr>,
 }
 
 /// The default thread count: all cores but one, so the volunteer's own
@@ -192,6 +195,7 @@ impl Default for Preferences {
             max_memory: DEFAULT_MAX_MEMORY,
             disk_quota: DEFAULT_DISK_QUOTA,
             data_dir: None,
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -209,6 +213,7 @@ struct RawPreferences {
     max_memory: Option<String>,
     disk_quota: Option<String>,
     data_dir: Option<PathBuf>,
+    bootstrap: Option<Vec<String>>,
 }
 
 /// Values that take precedence over the file, e.g. from command-line flags.
@@ -231,6 +236,80 @@ pub struct PreferenceOverrides {
 pub fn default_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("org", "Formic", "formic")
         .map(|d| d.config_dir().join(PREFERENCES_FILE))
+}
+
+/// Environment variable with more bootstrap peers, comma-separated: for
+/// services and containers, where flags are fixed by the unit file.
+pub const BOOTSTRAP_ENV: &str = "FORMIC_BOOTSTRAP";
+
+/// Most bootstrap peers taken from the file and the environment together:
+/// a few well-kept ones are enough to join, and more only slow the start.
+pub const MAX_BOOTSTRAP: usize = 64;
+
+/// Parses bootstrap multiaddrs, naming the first bad one.
+fn parse_bootstrap<'a>(
+    items: impl Iterator<Item = &'a str>,
+) -> Result<Vec<libp2p::Multiaddr>, String> {
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let addr: libp2p::Multiaddr = item
+            .parse()
+            .map_err(|e| format!("entry {} ({item:?}) is not a multiaddr: {e}", i + 1))?;
+        if out.len() == MAX_BOOTSTRAP {
+            return Err(format!("more than {MAX_BOOTSTRAP} peers"));
+        }
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
+/// Why [`BOOTSTRAP_ENV`] could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{BOOTSTRAP_ENV}: {problem}")]
+pub struct BootstrapEnvError {
+    problem: String,
+}
+
+/// Parses the value of [`BOOTSTRAP_ENV`] (comma-separated multiaddrs).
+pub fn parse_bootstrap_env(value: &str) -> Result<Vec<libp2p::Multiaddr>, BootstrapEnvError> {
+    parse_bootstrap(value.split(',')).map_err(|problem| BootstrapEnvError { problem })
+}
+
+/// The peers a node joins through: those given with `--bootstrap` first,
+/// then [`BOOTSTRAP_ENV`]'s, then the preferences file's, without
+/// duplicates. (Peers remembered from earlier runs in `peers.json` are
+/// dialled besides these by the network layer.)
+pub fn bootstrap_list(
+    flags: &[libp2p::Multiaddr],
+    env: Option<&str>,
+    prefs: &Preferences,
+) -> Result<Vec<libp2p::Multiaddr>, BootstrapEnvError> {
+    let from_env = match env {
+        Some(v) => parse_bootstrap_env(v)?,
+        None => Vec::new(),
+    };
+    let mut out: Vec<libp2p::Multiaddr> = Vec::new();
+    for addr in flags.iter().chain(&from_env).chain(&prefs.bootstrap) {
+        if !out.contains(addr) {
+            out.push(addr.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// [`bootstrap_list`] with the process's own environment.
+pub fn bootstrap_list_from_env(
+    flags: &[libp2p::Multiaddr],
+    prefs: &Preferences,
+) -> Result<Vec<libp2p::Multiaddr>, BootstrapEnvError> {
+    let env = std::env::var(BOOTSTRAP_ENV).ok();
+    bootstrap_list(flags, env.as_deref(), prefs)
 }
 
 /// A range/shape check on one key, independent of where the value came from.
@@ -346,6 +425,10 @@ impl Preferences {
                 return Err(invalid("data_dir", "is empty".into()));
             }
             p.data_dir = Some(d);
+        }
+        if let Some(list) = raw.bootstrap {
+            p.bootstrap = parse_bootstrap(list.iter().map(String::as_str))
+                .map_err(|e| invalid("bootstrap", e))?;
         }
         Ok(p)
     }

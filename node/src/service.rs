@@ -90,11 +90,23 @@ pub fn systemd_quote(path: &Path) -> String {
     }
 }
 
-/// The user unit with `ExecStart` running `exe node`.
-pub fn render_user_unit(exe: &Path) -> String {
+/// The user unit with `ExecStart` running `exe node`, and, when
+/// `bootstrap` names peers, an `Environment=` line giving them to the node
+/// as [`BOOTSTRAP_ENV`](crate::preferences::BOOTSTRAP_ENV). The list lives
+/// in the unit rather than in formic.toml so that the service's peers are
+/// the service's business: the file is shared with `formic` run by hand.
+pub fn render_user_unit(exe: &Path, bootstrap: &[libp2p::Multiaddr]) -> String {
     let mut out = String::with_capacity(USER_UNIT_TEMPLATE.len() + 64);
     for line in USER_UNIT_TEMPLATE.lines() {
         if line.starts_with("ExecStart=") {
+            if !bootstrap.is_empty() {
+                let list: Vec<String> = bootstrap.iter().map(|a| a.to_string()).collect();
+                out.push_str(&systemd_environment(
+                    crate::preferences::BOOTSTRAP_ENV,
+                    &list.join(","),
+                ));
+                out.push('\n');
+            }
             out.push_str(&format!("ExecStart={} node", systemd_quote(exe)));
         } else {
             out.push_str(line);
@@ -102,6 +114,16 @@ pub fn render_user_unit(exe: &Path) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A systemd `Environment=` line setting `name` to `value`: quoted, with
+/// `%` doubled (systemd's specifier character) and `"` and `\` escaped.
+pub fn systemd_environment(name: &str, value: &str) -> String {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    format!("Environment=\"{name}={escaped}\"")
 }
 
 /// Runs `systemctl --user ARGS`.
@@ -130,21 +152,25 @@ fn systemctl(args: &[&str], action: &'static str) -> Result<(), ServiceError> {
     }
 }
 
-/// Writes the user unit for `exe` and, when `enable`, reloads systemd and
-/// enables and starts it. Returns the unit's path.
-pub fn install_user_unit(exe: &Path, enable: bool) -> Result<PathBuf, ServiceError> {
+/// Writes the user unit for `exe` (joining through `bootstrap`, see
+/// [`render_user_unit`]) and, when `enable`, reloads systemd and enables
+/// and starts it. Returns the unit's path.
+pub fn install_user_unit(
+    exe: &Path,
+    bootstrap: &[libp2p::Multiaddr],
+    enable: bool,
+) -> Result<PathBuf, ServiceError> {
     let dir = user_unit_dir()?;
     std::fs::create_dir_all(&dir).map_err(|source| ServiceError::CreateDir {
         path: dir.clone(),
         source,
     })?;
     let path = dir.join(USER_UNIT_NAME);
-    crate::data_dir::write_atomic(&path, render_user_unit(exe).as_bytes(), false).map_err(
-        |source| ServiceError::Write {
+    crate::data_dir::write_atomic(&path, render_user_unit(exe, bootstrap).as_bytes(), false)
+        .map_err(|source| ServiceError::Write {
             path: path.clone(),
             source,
-        },
-    )?;
+        })?;
     tracing::info!(path = %path.display(), exe = %exe.display(), "wrote systemd user unit");
     if enable {
         systemctl(&["daemon-reload"], "enabled")?;

@@ -207,3 +207,137 @@ fn exec_says_how_nans_were_canonicalized() {
         "{stderr}"
     );
 }
+
+/// A `formic node` child process, killed when dropped.
+struct NodeProcess {
+    child: std::process::Child,
+    peer_id: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `formic node` on `data_dir` with `config_home` as its
+/// XDG_CONFIG_HOME (where formic/formic.toml is read) and `env` set.
+fn start_node(
+    data_dir: &std::path::Path,
+    config_home: &std::path::Path,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> NodeProcess {
+    let mut cmd = formic();
+    cmd.args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", listen, "--no-mdns"])
+        .env("XDG_CONFIG_HOME", config_home)
+        .env_remove("FORMIC_BOOTSTRAP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn formic node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("formic node printed its PeerId");
+    NodeProcess {
+        child,
+        peer_id: line.trim().to_owned(),
+    }
+}
+
+/// Waits until `formic status --json` on `data_dir` lists `peer` as connected.
+fn wait_until_connected(data_dir: &std::path::Path, peer: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = formic()
+            .args(["status", "--json", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .expect("run formic status");
+        if out.status.success() {
+            let json: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+            let peers = json["peers"].as_array().cloned().unwrap_or_default();
+            if peers.iter().any(|p| p.as_str() == Some(peer)) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never connected to {peer}",
+            data_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_node_joins_through_the_bootstrap_peers_of_its_environment_and_of_formic_toml() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let empty_config = root.path().join("no-config");
+    std::fs::create_dir_all(&empty_config).expect("config dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let hub = start_node(
+        &root.path().join("hub"),
+        &empty_config,
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+        &[],
+    );
+    let hub_addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", hub.peer_id);
+
+    // FORMIC_BOOTSTRAP, as a service unit written by
+    // `formic service install --bootstrap` sets it (a bad entry first would
+    // fail the start, so the list is exactly the hub).
+    let by_env_dir = root.path().join("by-env");
+    let by_env = start_node(
+        &by_env_dir,
+        &empty_config,
+        "/ip4/127.0.0.1/tcp/0",
+        &[("FORMIC_BOOTSTRAP", &hub_addr)],
+    );
+    wait_until_connected(&by_env_dir, &hub.peer_id);
+    drop(by_env);
+
+    // `bootstrap = [...]` in formic.toml.
+    let config_home = root.path().join("config");
+    std::fs::create_dir_all(config_home.join("formic")).expect("config dir");
+    std::fs::write(
+        config_home.join("formic/formic.toml"),
+        format!("bootstrap = [\"{hub_addr}\"]\n"),
+    )
+    .expect("write formic.toml");
+    let by_file_dir = root.path().join("by-file");
+    let _by_file = start_node(&by_file_dir, &config_home, "/ip4/127.0.0.1/tcp/0", &[]);
+    wait_until_connected(&by_file_dir, &hub.peer_id);
+}
+
+#[test]
+fn a_malformed_formic_bootstrap_is_a_clear_error() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = formic()
+        .args(["node", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .env("XDG_CONFIG_HOME", root.path())
+        .env("FORMIC_BOOTSTRAP", "/ip4/127.0.0.1/tcp/4001,not-an-address")
+        .output()
+        .expect("run formic node");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FORMIC_BOOTSTRAP: entry 2"), "{err}");
+}

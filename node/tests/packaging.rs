@@ -130,6 +130,25 @@ fn service_install_writes_a_user_unit_for_this_binary_and_uninstall_removes_it()
             .expect("run formic")
     };
 
+    // The service joins through the peers given to `service install`.
+    let boot = [
+        "/ip4/198.18.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        "/ip4/198.18.0.3/udp/4001/quic-v1",
+    ];
+    let out = run(&[
+        "service",
+        "install",
+        "--no-enable",
+        "--bootstrap",
+        boot[0],
+        "--bootstrap",
+        boot[1],
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&unit).expect("unit written");
+    let env_line = format!("Environment=\"FORMIC_BOOTSTRAP={},{}\"", boot[0], boot[1]);
+    assert!(text.lines().any(|l| l == env_line), "{text}");
+
     let out = run(&["service", "install", "--no-enable"]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&unit.display().to_string()));
@@ -184,9 +203,14 @@ fn systemd_quoting_of_unusual_paths() {
         systemd_quote(Path::new("/home/a b/100%/formic")),
         "\"/home/a b/100%%/formic\""
     );
-    let unit = render_user_unit(Path::new("/opt/formic"));
+    let unit = render_user_unit(Path::new("/opt/formic"), &[]);
     assert!(unit.lines().any(|l| l == "ExecStart=/opt/formic node"));
     assert_eq!(unit.matches("ExecStart=").count(), 1);
+    assert!(!unit.contains("FORMIC_BOOTSTRAP"));
+    assert_eq!(
+        formic_node::service::systemd_environment("X", r#"a%b"c\d"#),
+        r#"Environment="X=a%%b\"c\\d""#
+    );
 }
 
 fn cargo() -> Command {

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use formic_node::preferences::{
-    AllowedHours, PreferenceOverrides, Preferences, PreferencesError, default_threads,
+    AllowedHours, PreferenceOverrides, Preferences, PreferencesError, bootstrap_list,
+    default_threads,
 };
 
 fn parse(text: &str) -> Result<Preferences, PreferencesError> {
@@ -53,9 +54,18 @@ fn every_key_is_read() {
         max_memory = "1GiB"
         disk_quota = "500MB"
         data_dir = "/srv/formic"
+        bootstrap = ["/ip4/198.18.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"]
         "#,
     )
     .expect("valid");
+    assert_eq!(
+        p.bootstrap,
+        vec![
+            "/ip4/198.18.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                .parse::<libp2p::Multiaddr>()
+                .unwrap()
+        ]
+    );
     assert_eq!(p.threads, 3);
     assert_eq!(p.idle_after, Duration::from_secs(90));
     assert_eq!(p.cpu_threshold_percent, 50);
@@ -240,4 +250,34 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_preferences() {
         .await
         .expect("task ends when receivers are gone")
         .expect("no panic");
+}
+
+#[test]
+fn a_bad_bootstrap_entry_is_named() {
+    let msg = rejects(
+        r#"bootstrap = ["/ip4/198.18.0.2/tcp/4001", "not an address"]"#,
+        "bootstrap",
+    );
+    assert!(msg.contains("entry 2"), "{msg}");
+    rejects(r#"bootstrap = "/ip4/198.18.0.2/tcp/4001""#, "bootstrap");
+}
+
+#[test]
+fn bootstrap_peers_come_from_flags_environment_and_file_in_that_order() {
+    let a: libp2p::Multiaddr = "/ip4/192.0.2.1/tcp/4001".parse().unwrap();
+    let b: libp2p::Multiaddr = "/ip4/192.0.2.2/udp/4001/quic-v1".parse().unwrap();
+    let c: libp2p::Multiaddr = "/dns4/boot.example.org/tcp/4001".parse().unwrap();
+    let prefs =
+        parse(r#"bootstrap = ["/dns4/boot.example.org/tcp/4001", "/ip4/192.0.2.1/tcp/4001"]"#)
+            .unwrap();
+    let env = " /ip4/192.0.2.2/udp/4001/quic-v1 ,, /ip4/192.0.2.1/tcp/4001";
+    let list = bootstrap_list(std::slice::from_ref(&a), Some(env), &prefs).unwrap();
+    assert_eq!(list, vec![a.clone(), b, c.clone()]);
+    // No environment: flags then file.
+    assert_eq!(bootstrap_list(&[], None, &prefs).unwrap(), vec![c, a]);
+    let err = bootstrap_list(&[], Some("/ip4/192.0.2.1/tcp/4001,bogus"), &prefs).unwrap_err();
+    assert!(
+        err.to_string().starts_with("FORMIC_BOOTSTRAP: entry 2"),
+        "{err}"
+    );
 }

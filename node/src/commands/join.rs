@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use clap::Args;
 use libp2p::Multiaddr;
 
@@ -11,8 +12,9 @@ use crate::node::{NodeConfig, Role, Session};
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
     /// A peer to join the network through, repeatable
-    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…). Peers found on earlier
-    /// runs with this data directory are tried too.
+    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…). Those in
+    /// FORMIC_BOOTSTRAP (comma-separated), `bootstrap = [...]` in formic.toml
+    /// and peers found on earlier runs with this data directory are tried too.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<Multiaddr>,
 
@@ -26,13 +28,22 @@ pub struct JoinArgs {
 }
 
 impl JoinArgs {
-    /// A node configuration for a short-lived node in `data_dir`.
-    pub fn node_config(&self, data_dir: &Path) -> NodeConfig {
+    /// A node configuration for a short-lived node in `data_dir`, joining
+    /// through the flags' peers and then `bootstrap`'s (from the
+    /// environment and the preferences file; see
+    /// [`crate::preferences::bootstrap_list`]).
+    pub fn node_config_with(&self, data_dir: &Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
         let mut config = NodeConfig::new(data_dir.to_path_buf(), 0);
         if !self.listen.is_empty() {
             config.network.listen = self.listen.clone();
         }
-        config.network.bootstrap = self.bootstrap.clone();
+        let mut peers = self.bootstrap.clone();
+        peers.extend(
+            bootstrap
+                .into_iter()
+                .filter(|a| !self.bootstrap.contains(a)),
+        );
+        config.network.bootstrap = peers;
         config.network.mdns = !self.no_mdns;
         // Its own API would collide with a `formic node` on the same data dir.
         config.api_addr = None;
@@ -46,17 +57,39 @@ impl JoinArgs {
         config
     }
 
+    /// [`node_config_with`](Self::node_config_with) the flags' peers only.
+    pub fn node_config(&self, data_dir: &Path) -> NodeConfig {
+        self.node_config_with(data_dir, Vec::new())
+    }
+
+    /// The bootstrap peers beyond the flags: [`BOOTSTRAP_ENV`]'s and the
+    /// preferences file's.
+    ///
+    /// [`BOOTSTRAP_ENV`]: crate::preferences::BOOTSTRAP_ENV
+    pub fn configured_bootstrap() -> anyhow::Result<Vec<Multiaddr>> {
+        let prefs = match crate::preferences::default_path() {
+            Some(p) => crate::preferences::Preferences::load_or_default(&p)
+                .with_context(|| format!("reading preferences {}", p.display()))?,
+            None => crate::preferences::Preferences::default(),
+        };
+        Ok(crate::preferences::bootstrap_list_from_env(&[], &prefs)?)
+    }
+
     /// Starts a short-lived observer node in `data_dir` and waits until it
     /// has a peer, or says how to give it one.
     pub async fn join(&self, data_dir: &Path) -> anyhow::Result<Session> {
-        let session = Session::start(self.node_config(data_dir), Role::observer()).await?;
+        let config = self.node_config_with(data_dir, Self::configured_bootstrap()?);
+        let session = Session::start(config, Role::observer()).await?;
         if session
             .wait_for_peers(1, std::time::Duration::from_secs(30))
             .await
             == 0
         {
             session.shutdown().await.ok();
-            anyhow::bail!("no peer found in 30 s: pass --bootstrap with a running node's address");
+            anyhow::bail!(
+                "no peer found in 30 s: pass --bootstrap with a running node's address \
+                 (or set FORMIC_BOOTSTRAP, or `bootstrap = [...]` in formic.toml)"
+            );
         }
         Ok(session)
     }

@@ -30,7 +30,9 @@ pub struct NodeArgs {
     pub listen: Vec<Multiaddr>,
 
     /// A peer to join the network through, repeatable
-    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…).
+    /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…). Added to those in
+    /// FORMIC_BOOTSTRAP (comma-separated), `bootstrap = [...]` in formic.toml
+    /// and the peers remembered from earlier runs.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<Multiaddr>,
 
@@ -86,7 +88,8 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     } else {
         config.network.listen = args.listen;
     }
-    config.network.bootstrap = args.bootstrap;
+    config.network.bootstrap =
+        crate::preferences::bootstrap_list_from_env(&args.bootstrap, &prefs)?;
     config.network.mdns = !args.no_mdns;
     config.api_addr = Some(args.api);
     config.network.kad_server = args.kad_server;

@@ -23,6 +23,11 @@ pub enum ServiceAction {
         /// Only write the unit file; do not run systemctl.
         #[arg(long)]
         no_enable: bool,
+        /// A peer the service joins the network through, repeatable
+        /// (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3Koo…). Written into the unit
+        /// as FORMIC_BOOTSTRAP; formic.toml's `bootstrap` list applies too.
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<libp2p::Multiaddr>,
     },
     /// Stop and disable the user service, then remove its unit file.
     Uninstall {
@@ -34,12 +39,15 @@ pub enum ServiceAction {
 
 pub fn run(_global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCode> {
     match args.action {
-        ServiceAction::Install { no_enable } => {
+        ServiceAction::Install {
+            no_enable,
+            bootstrap,
+        } => {
             let exe = std::env::current_exe()
                 .map_err(service::ServiceError::CurrentExe)
                 .context("formic service install")?;
-            let path =
-                service::install_user_unit(&exe, !no_enable).context("formic service install")?;
+            let path = service::install_user_unit(&exe, &bootstrap, !no_enable)
+                .context("formic service install")?;
             println!("Wrote the systemd user unit {}.", path.display());
             if no_enable {
                 println!(
