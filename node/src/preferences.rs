@@ -172,6 +172,9 @@ pub struct Preferences {
     /// Peers to join the network through, besides `--bootstrap` and
     /// [`BOOTSTRAP_ENV`] (see [`bootstrap_list`]).
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Ask the home router for a port mapping (UPnP IGD), so peers can dial
+    /// this node directly where the router allows it.
+    pub upnp: bool,
 }
 
 /// The default thread count: all cores but one, so the volunteer's own
@@ -196,6 +199,7 @@ impl Default for Preferences {
             disk_quota: DEFAULT_DISK_QUOTA,
             data_dir: None,
             bootstrap: Vec::new(),
+            upnp: true,
         }
     }
 }
@@ -214,6 +218,7 @@ struct RawPreferences {
     disk_quota: Option<String>,
     data_dir: Option<PathBuf>,
     bootstrap: Option<Vec<String>>,
+    upnp: Option<bool>,
 }
 
 /// Values that take precedence over the file, e.g. from command-line flags.
@@ -425,6 +430,9 @@ impl Preferences {
                 return Err(invalid("data_dir", "is empty".into()));
             }
             p.data_dir = Some(d);
+        }
+        if let Some(b) = raw.upnp {
+            p.upnp = b;
         }
         if let Some(list) = raw.bootstrap {
             p.bootstrap = parse_bootstrap(list.iter().map(String::as_str))

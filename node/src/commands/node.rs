@@ -44,9 +44,9 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub api: SocketAddr,
 
-    /// Serve the Kademlia DHT from the start, for publicly reachable
-    /// bootstrap nodes (otherwise client mode until an external address is
-    /// confirmed).
+    /// Serve the Kademlia DHT and relay for peers behind NAT from the start,
+    /// for publicly reachable bootstrap nodes (otherwise both wait until an
+    /// external address is confirmed).
     #[arg(long)]
     pub kad_server: bool,
 
@@ -93,6 +93,13 @@ pub fn run(global: &GlobalArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.network.mdns = !args.no_mdns;
     config.api_addr = Some(args.api);
     config.network.kad_server = args.kad_server;
+    // A node its operator declares a public bootstrap node relays for peers
+    // behind NAT from the start; any other relays once AutoNAT or UPnP
+    // confirms it is reachable.
+    if args.kad_server {
+        config.network.relay_server = crate::network::RelayServer::Always;
+    }
+    config.network.upnp = prefs.upnp;
     // Records, held results and followed projects survive a crash or a
     // kill -9 (see state_store.rs).
     config.persist_state = true;

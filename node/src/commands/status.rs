@@ -128,9 +128,34 @@ fn print_text(status: &NodeStatus, now_ms: u64) {
             println!("  {a}");
         }
     }
+    let reach = match s.reachability {
+        crate::network::ReachabilityState::Public => "public (peers dial this node directly)",
+        crate::network::ReachabilityState::Private => {
+            "private (behind NAT: peers reach this node through relays)"
+        }
+        crate::network::ReachabilityState::Unknown => "unknown (not probed yet)",
+    };
+    println!("reachability:   {reach}");
+    if !s.relays.is_empty() {
+        println!("relays:         {}", s.relays.join(", "));
+    }
     println!("peers:          {} connected", s.peers.len());
     for p in &s.peers {
-        println!("  {p}");
+        let kind = s
+            .peer_connections
+            .iter()
+            .find(|c| &c.peer == p)
+            .map_or("", |c| match c.kind {
+                crate::network::ConnectionKind::Direct => " (direct)",
+                crate::network::ConnectionKind::Relayed => " (relayed)",
+            });
+        println!("  {p}{kind}");
+    }
+    if s.hole_punches.succeeded + s.hole_punches.failed > 0 {
+        println!(
+            "hole punching:  {} succeeded, {} failed",
+            s.hole_punches.succeeded, s.hole_punches.failed
+        );
     }
     println!(
         "routing table:  {} peers (kademlia {} mode)",

@@ -791,9 +791,13 @@ impl Worker {
         let blobs = Arc::clone(&self.config.blobs);
         let sandbox = Arc::clone(&self.config.sandbox);
         let compute = self.config.slots > 0;
+        // A node that follows every project holds its app too, computing or
+        // not: `--threads 0` relays and stores for the network, and behind
+        // NAT it may be the app's only holder others can reach.
+        let hold_app = compute || self.config.follow_all;
         let tx = self.loaded_tx.clone();
         tokio::spawn(async move {
-            let result = load(&client, &blobs, &announce, &sandbox, compute).await;
+            let result = load(&client, &blobs, &announce, &sandbox, compute, hold_app).await;
             let _ = tx.send(Loaded { announce, result }).await;
         });
     }
@@ -1431,13 +1435,15 @@ fn seal_salt(salt_key: &[u8; 32], unit: &UnitRef) -> Salt {
 }
 
 /// Fetches and checks a project's manifest, one batch and (to compute) the
-/// compiled app.
+/// compiled app; `hold_app` fetches and pins the app even when not
+/// computing.
 async fn load(
     client: &NetworkClient,
     blobs: &BlobStore,
     announce: &Announce,
     sandbox: &Arc<LazySandbox>,
     compute: bool,
+    hold_app: bool,
 ) -> Result<LoadedParts, LoadError> {
     let fetch =
         |what: &'static str, source: crate::network::FetchError| LoadError::Fetch { what, source };
@@ -1492,6 +1498,13 @@ async fn load(
             }
             same
         };
+    if hold_app && !compute {
+        client
+            .fetch_blob(m.app)
+            .await
+            .map_err(|e| fetch("app", e))?;
+        pin(m.app.id);
+    }
     let app = if compute {
         let wasm = client
             .fetch_blob(m.app)

@@ -14,12 +14,16 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, gossipsub, identify, kad,
-    mdns, memory_connection_limits, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, mdns, memory_connection_limits, noise, ping, relay, request_response, tcp, upnp,
+    yamux,
 };
 
 use super::codec::{BlobCodec, SyncCodec};
-use super::{GOSSIP_ENVELOPE_OVERHEAD, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetworkConfig, StartError};
+use super::{
+    GOSSIP_ENVELOPE_OVERHEAD, IDENTIFY_PROTOCOL, KAD_PROTOCOL, NetworkConfig, RelayServer,
+    StartError,
+};
 
 /// How long an idle connection (no open stream) stays up. The libp2p default
 /// of 10 s closes connections between blob chunk requests.
@@ -50,6 +54,18 @@ pub(crate) struct Behaviour {
     /// Answers other peers' AutoNAT v2 probes.
     pub(crate) autonat_server: autonat::v2::server::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    /// Circuit relay v2 server: relays for peers behind NAT while this
+    /// node is reachable (see [`relay_server_config`] for what it costs).
+    /// Advertised only while the swarm task says so (`reachability.rs`).
+    pub(crate) relay_server: relay::Behaviour,
+    /// Circuit relay v2 client: listens through relays when this node is
+    /// not reachable, and dials peers through theirs.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Upgrades relayed connections to direct ones by hole punching.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// Asks the home router for a port mapping (UPnP IGD), so a volunteer
+    /// behind a router that allows it becomes reachable.
+    pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
@@ -160,7 +176,30 @@ fn request_response_config(timeout: Duration) -> request_response::Config {
         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
 }
 
-fn behaviour(keypair: &Keypair, config: &NetworkConfig) -> Result<Behaviour, StartError> {
+/// What a relaying node gives peers behind NAT. A reservation is a slot a
+/// private peer listens through; a circuit is one relayed connection.
+/// Formic's traffic over a circuit is control messages, records and, when
+/// hole punching fails, blobs: 64 MiB and 10 minutes per circuit carry a
+/// typical app and its inputs, and a peer that needs more opens another.
+/// Rate limits are libp2p's defaults (per peer and per IP).
+pub(crate) fn relay_server_config() -> relay::Config {
+    relay::Config {
+        max_reservations: 128,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(60 * 60),
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        max_circuit_duration: Duration::from_secs(10 * 60),
+        max_circuit_bytes: 64 << 20,
+        ..relay::Config::default()
+    }
+}
+
+fn behaviour(
+    keypair: &Keypair,
+    config: &NetworkConfig,
+    relay_client: relay::client::Behaviour,
+) -> Result<Behaviour, StartError> {
     let peer_id = keypair.public().to_peer_id();
     let l = &config.limits;
     let limits = connection_limits::ConnectionLimits::default()
@@ -192,6 +231,20 @@ fn behaviour(keypair: &Keypair, config: &NetworkConfig) -> Result<Behaviour, Sta
         autonat_client: autonat::v2::client::Behaviour::default(),
         autonat_server: autonat::v2::server::Behaviour::default(),
         ping: ping::Behaviour::default(),
+        relay_server: {
+            let mut server = relay::Behaviour::new(peer_id, relay_server_config());
+            // Never libp2p's automatic choice: it also counts a relayed
+            // address as "reachable", and a peer behind NAT must not offer
+            // to relay for others.
+            server.set_status(Some(match config.relay_server {
+                RelayServer::Always => relay::Status::Enable,
+                RelayServer::WhenReachable | RelayServer::Never => relay::Status::Disable,
+            }));
+            server
+        },
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+        upnp: config.upnp.then(upnp::tokio::Behaviour::default).into(),
         kad: kademlia(keypair, config),
         gossipsub: gossipsub()?,
         mdns: mdns.into(),
@@ -214,12 +267,15 @@ fn behaviour(keypair: &Keypair, config: &NetworkConfig) -> Result<Behaviour, Sta
     })
 }
 
-/// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, our behaviour.
+/// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, relayed
+/// connections (noise, yamux over a relay circuit), our behaviour.
 pub(crate) fn build_swarm(
     keypair: Keypair,
     config: &NetworkConfig,
 ) -> Result<Swarm<Behaviour>, StartError> {
-    let behaviour = behaviour(&keypair, config)?;
+    // The builder wants the behaviour from a closure whose error is boxed;
+    // ours is kept here, typed, and returned instead.
+    let mut failed: Option<StartError> = None;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -231,10 +287,19 @@ pub(crate) fn build_swarm(
         .with_quic()
         .with_dns()
         .map_err(|e| StartError::Transport(e.into()))?
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| StartError::Behaviour {
-            part: "swarm",
-            source: e.into(),
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| StartError::Transport(e.into()))?
+        .with_behaviour(|key, relay_client| {
+            behaviour(key, config, relay_client).map_err(|e| {
+                failed = Some(e);
+                Box::<dyn std::error::Error + Send + Sync>::from("the behaviour failed")
+            })
+        })
+        .map_err(|e| {
+            failed.take().unwrap_or(StartError::Behaviour {
+                part: "swarm",
+                source: e.into(),
+            })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();

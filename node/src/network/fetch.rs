@@ -90,7 +90,7 @@ const PARALLEL_CHUNKS: usize = 4;
 /// provider record may still be propagating).
 const PROVIDER_LOOKUPS: usize = 3;
 
-/// Connected peers asked directly when Kademlia finds no provider.
+/// Connected peers asked after the providers Kademlia finds (or instead).
 const CONNECTED_FALLBACK: usize = 16;
 
 enum ChunkResult {
@@ -163,20 +163,19 @@ async fn candidates(
         tracing::debug!(blob = %blob.id.short(), attempt, "no provider found yet");
         tokio::time::sleep(std::time::Duration::from_millis(500 * (attempt as u64 + 1))).await;
     }
-    if out.is_empty() {
-        // Kademlia may know no provider yet: a publisher that has just
-        // joined is often still in client mode, so its provider records
-        // have nowhere to live. The peers we are connected to are the next
-        // best guess (the publisher among them, or a peer that fetched it);
-        // one without the blob just answers NotFound.
-        let connected = client.connected_peers().await.unwrap_or_default();
-        out.extend(
-            connected
-                .into_iter()
-                .filter(|p| *p != me)
-                .take(CONNECTED_FALLBACK),
-        );
-    }
+    // After the providers, the peers we are connected to: Kademlia may
+    // know no provider yet (a publisher that has just joined is often
+    // still in client mode, so its provider records have nowhere to
+    // live), or only providers we cannot reach (behind NAT, with no relay
+    // address known). A connected peer is reachable by definition, and
+    // one without the blob just answers NotFound.
+    let connected = client.connected_peers().await.unwrap_or_default();
+    let extra: Vec<PeerId> = connected
+        .into_iter()
+        .filter(|p| *p != me && !out.contains(p))
+        .take(CONNECTED_FALLBACK)
+        .collect();
+    out.extend(extra);
     if out.is_empty() {
         return Err(FetchError::NoProviders(blob.id));
     }

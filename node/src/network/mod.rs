@@ -54,6 +54,7 @@ pub use client::{
 };
 pub use fetch::{FetchError, FetchReport};
 pub use records::{RecordLimits, RecordStore};
+pub use swarm::reachability::{ConnectionKind, HolePunchStats, PeerConnection, ReachabilityState};
 
 use crate::blob_store::{BlobStore, BlobStoreStats};
 use crate::state_store::StateStore;
@@ -195,9 +196,29 @@ pub struct NetworkConfig {
     /// [`SETTLED_BOOTSTRAP_INTERVAL`] instead.
     pub bootstrap_interval: Duration,
     pub limits: NetworkLimits,
+    /// Whether this node relays for peers behind NAT.
+    pub relay_server: RelayServer,
+    /// Whether this node, when it finds it is not reachable, listens
+    /// through relays (and hole-punches from there).
+    pub relay_client: bool,
+    /// Ask the home router for a port mapping (UPnP IGD).
+    pub upnp: bool,
     #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fault: FaultInjection,
+}
+
+/// When a node serves circuit relay v2 for peers behind NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayServer {
+    /// While it has a confirmed direct external address (AutoNAT, UPnP):
+    /// a volunteer that turns out to be public relays for the others.
+    WhenReachable,
+    /// From the start: a node its operator says is public (`--kad-server`),
+    /// which everyone's first contact with the network usually is.
+    Always,
+    /// Never.
+    Never,
 }
 
 impl NetworkConfig {
@@ -211,6 +232,9 @@ impl NetworkConfig {
             kad_server: false,
             bootstrap_interval: Duration::from_secs(5),
             limits: NetworkLimits::default(),
+            relay_server: RelayServer::WhenReachable,
+            relay_client: true,
+            upnp: false,
             #[cfg(feature = "test-support")]
             fault: FaultInjection::default(),
         }
@@ -329,6 +353,22 @@ pub struct NetworkStatus {
     pub publish_queue: usize,
     pub dropped_events: u64,
     pub blob_store: BlobStoreStats,
+    /// Whether peers can dial this node directly: `public`, `private`
+    /// (they reach it through relays) or `unknown`.
+    #[serde(default)]
+    pub reachability: ReachabilityState,
+    /// PeerIds of the relays holding a reservation for this node.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Connected peers, each `direct` or `relayed`.
+    #[serde(default)]
+    pub peer_connections: Vec<PeerConnection>,
+    /// Hole punching this node took part in since it started.
+    #[serde(default)]
+    pub hole_punches: HolePunchStats,
+    /// Milliseconds from start to the first relay reservation, if any.
+    #[serde(default)]
+    pub first_reservation_ms: Option<u64>,
 }
 
 /// A cause whose type differs between libp2p's builder steps (some are

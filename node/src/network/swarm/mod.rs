@@ -24,6 +24,7 @@ mod connections;
 mod discovery;
 mod gossip;
 mod peers;
+pub(crate) mod reachability;
 mod startup;
 mod sync;
 
@@ -67,6 +68,10 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Connection pruning runs every this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 5;
+
+/// Reachability is re-checked and relay reservations are retried or
+/// replaced every this many ticks.
+const RELAY_CHECK_EVERY_TICKS: u64 = 3;
 
 /// The peers file is rewritten every this many ticks.
 const SAVE_PEERS_EVERY_TICKS: u64 = 60;
@@ -133,6 +138,13 @@ pub(super) struct Task {
     sync_from: HashMap<(PeerId, ProjectId), u64>,
     /// Strikes, blocks and activity of peers.
     connections: Connections,
+    /// Whether peers can dial us, and the relays we listen through.
+    reachability: reachability::Reachability,
+    /// Open connections per peer, direct or relayed.
+    connection_kinds: reachability::ConnectionKinds,
+    hole_punches: reachability::HolePunchStats,
+    relay_server: super::RelayServer,
+    relay_client: bool,
     ticks: u64,
 }
 
@@ -320,6 +332,7 @@ impl Task {
             .map(|p| p.to_string())
             .collect();
         let connections = self.swarm.network_info().num_peers();
+        let peer_connections = self.peer_connections();
         let b = self.swarm.behaviour_mut();
         let routing_table_size = b.kad.kbuckets().map(|bucket| bucket.num_entries()).sum();
         let kad_mode = b.kad.mode().to_string();
@@ -340,6 +353,19 @@ impl Task {
             publish_queue: self.publish_queue.len(),
             dropped_events: self.dropped_events,
             blob_store: BlobStoreStats::default(),
+            reachability: self.reachability.state(),
+            relays: self
+                .reachability
+                .reserved()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            peer_connections,
+            hole_punches: self.hole_punches,
+            first_reservation_ms: self
+                .reachability
+                .first_reservation()
+                .map(|d| d.as_millis() as u64),
         }
     }
 
@@ -349,15 +375,23 @@ impl Task {
         match event {
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(address = %address.with_p2p(self.peer_id).unwrap_or_else(|a| a), "listening");
+                tracing::info!(address = %address.clone().with_p2p(self.peer_id).unwrap_or_else(|a| a), "listening");
+                self.declare_public_address(address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
+                let relayed = endpoint.is_relayed();
+                self.connection_kinds
+                    .opened(peer_id, connection_id, relayed);
+                if !relayed {
+                    self.close_redundant_relayed(peer_id);
+                }
                 // The peer may have restarted while an old connection to it
                 // lingered (QUIC, a half-open TCP connection), so the close
                 // that would forget its log position never came: a new
@@ -407,9 +441,15 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.connection_kinds.closed(peer_id, connection_id);
+                if num_established > 0 {
+                    return;
+                }
+                self.reachability.relay_candidate(peer_id, None);
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.synced_with.retain(|(p, _)| *p != peer_id);
                 self.sync_from.retain(|(p, _), _| *p != peer_id);
@@ -444,6 +484,14 @@ impl Task {
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                self.on_external_address(&address, true);
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.on_external_address(&address, false);
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.on_relay_listener_closed(listener_id);
             }
             _ => {}
         }
@@ -453,9 +501,11 @@ impl Task {
         match event {
             // Only peers that speak our Kademlia protocol go into the
             // routing table, with the addresses they listen on.
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) =>
-            {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.note_relay_candidate(peer_id, &info);
+                if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                    return;
+                }
                 for addr in info.listen_addrs {
                     self.learn_address(peer_id, addr);
                 }
@@ -474,14 +524,20 @@ impl Task {
                     self.bootstrap();
                 }
             }
-            BehaviourEvent::AutonatClient(event) => match event.result {
-                Ok(()) => {
-                    tracing::debug!(address = %event.tested_addr, server = %event.server, "address reachable")
+            BehaviourEvent::AutonatClient(event) => {
+                match &event.result {
+                    Ok(()) => {
+                        tracing::debug!(address = %event.tested_addr, server = %event.server, "address reachable")
+                    }
+                    Err(e) => {
+                        tracing::debug!(address = %event.tested_addr, error = %e, "address not reachable")
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(address = %event.tested_addr, error = %e, "address not reachable")
-                }
-            },
+                self.on_probe(event.result.is_ok());
+            }
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
+            BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
@@ -542,6 +598,9 @@ impl Task {
         }
         if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) || self.near_connection_cap() {
             self.prune_connections();
+        }
+        if self.ticks.is_multiple_of(RELAY_CHECK_EVERY_TICKS) {
+            self.check_reachability();
         }
         if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS) {
             self.save_peers();

@@ -157,8 +157,16 @@ pub(in crate::network) async fn build(
             config.limits.idle_after,
             config.limits.strikes_before_ban,
         ),
+        reachability: super::reachability::Reachability::new(tokio::time::Instant::now()),
+        connection_kinds: Default::default(),
+        hole_punches: Default::default(),
+        relay_server: config.relay_server,
+        relay_client: config.relay_client,
         ticks: 0,
     };
+    for addr in &listen_addrs {
+        task.declare_public_address(addr.clone());
+    }
     task.join();
     task.provide_stored_blobs().await;
     Ok((task, blob_io_rx, peer_id, listen_addrs))
