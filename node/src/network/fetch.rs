@@ -14,7 +14,7 @@
 //! the swarm task never waits on a transfer. `NetworkClient::fetch_blob` is
 //! defined here, so `client.rs` does not depend on this file.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use formic_protocol::ContentId;
@@ -99,7 +99,15 @@ enum ChunkResult {
     Bad(String),
     /// The peer could not serve it (offline, not found, busy): drop it.
     Unavailable(String),
+    /// The connection the request went over closed under it: ask again,
+    /// a few times, since the peer may still be connected another way (a
+    /// relayed connection is closed once hole punching gives a direct one).
+    Interrupted(String),
 }
+
+/// Requests to one peer that may be cut by a closing connection before the
+/// peer counts as unavailable for the rest of a fetch.
+const INTERRUPTIONS_PER_PEER: u32 = 3;
 
 async fn request_chunk(
     client: &NetworkClient,
@@ -134,6 +142,14 @@ async fn request_chunk(
             ChunkResult::Bad("answered a chunk request with a manifest".into())
         }
         Err(RequestError::Malformed(e)) => ChunkResult::Bad(format!("malformed response: {e}")),
+        Err(RequestError::Failed(failure))
+            if matches!(
+                *failure,
+                libp2p::request_response::OutboundFailure::ConnectionClosed
+            ) =>
+        {
+            ChunkResult::Interrupted(failure.to_string())
+        }
         Err(e) => ChunkResult::Unavailable(e.to_string()),
     }
 }
@@ -244,7 +260,11 @@ async fn fetch(
             }
         };
 
-        match fetch_chunks(client, &blob, &manifest, &providers, &mut bad, &mut report).await {
+        let started = tokio::time::Instant::now();
+        let fetched =
+            fetch_chunks(client, &blob, &manifest, &providers, &mut bad, &mut report).await;
+        let took = started.elapsed();
+        match fetched {
             Ok(bytes) if ContentId::of(&bytes) == blob.id => {
                 let store = Arc::clone(client.blob_store());
                 let stored = tokio::task::spawn_blocking(move || {
@@ -258,7 +278,9 @@ async fn fetch(
                     tracing::warn!(blob = %blob.id.short(), error = %Chain(&e), "fetched blob but could not provide it");
                 }
                 tracing::info!(blob = %blob.id.short(), size = blob.size, served_by = report.served_by.len(),
-                    rejected = report.rejected.len(), "fetched blob");
+                    rejected = report.rejected.len(), took_ms = took.as_millis() as u64,
+                    mb_per_s = format_args!("{:.1}", blob.size as f64 / 1e6 / took.as_secs_f64().max(1e-6)),
+                    "fetched blob");
                 return Ok((stored, report));
             }
             Ok(_) => {
@@ -320,6 +342,7 @@ async fn fetch_chunks(
     let mut chunks: Vec<Option<Vec<u8>>> = vec![None; count];
     let mut todo: VecDeque<u32> = (0..count as u32).collect();
     let mut unavailable: HashSet<PeerId> = HashSet::new();
+    let mut interrupted: HashMap<PeerId, u32> = HashMap::new();
     let mut next_peer = 0usize;
     let mut in_flight = FuturesUnordered::new();
     let mut last_error = String::from("no usable provider");
@@ -369,6 +392,17 @@ async fn fetch_chunks(
             ChunkResult::Unavailable(reason) => {
                 tracing::debug!(%peer, %reason, chunk = index, "provider could not serve a chunk");
                 unavailable.insert(peer);
+                last_error = format!("{peer}: {reason}");
+                report.refetched_chunks += 1;
+                todo.push_back(index);
+            }
+            ChunkResult::Interrupted(reason) => {
+                let count = interrupted.entry(peer).or_insert(0);
+                *count += 1;
+                tracing::debug!(%peer, %reason, chunk = index, interruptions = *count, "chunk request cut off; asking again");
+                if *count >= INTERRUPTIONS_PER_PEER {
+                    unavailable.insert(peer);
+                }
                 last_error = format!("{peer}: {reason}");
                 report.refetched_chunks += 1;
                 todo.push_back(index);
