@@ -312,3 +312,168 @@ fn the_deb_contains_the_binary_and_both_units() {
     assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "formic");
     eprintln!("built and checked {}", deb.display());
 }
+
+/// The system unit's seccomp filter lets the agent run: the node starts its
+/// compute threads (which lower their own priority, calls in @resources)
+/// and `formic exec` computes a unit. packaging/seccomp-launch.py builds the
+/// filter from the unit file as systemd would (groups from the installed
+/// systemd-analyze) and execs the binary under it. Skipped where the
+/// launcher cannot (it exits 77: no systemd-analyze or python3-seccomp),
+/// unless FORMIC_REQUIRE_SECCOMP is set, in which case it fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_system_unit_syscall_filter_lets_the_agent_compute() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let launcher = workspace_root().join("packaging/seccomp-launch.py");
+    let unit = workspace_root().join("packaging/formic-system.service");
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    let path = |p: &Path| p.to_str().expect("UTF-8 temp path").to_owned();
+    let launch = |args: &[String]| {
+        let mut c = Command::new("python3");
+        c.arg(&launcher)
+            .arg(&unit)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_formic"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("FORMIC_DATA_DIR")
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", &config)
+            .stdin(Stdio::null());
+        c
+    };
+    let skip = |why: String| {
+        assert!(
+            std::env::var_os("FORMIC_REQUIRE_SECCOMP").is_none(),
+            "FORMIC_REQUIRE_SECCOMP is set but {why}"
+        );
+        eprintln!("SKIPPED: {why}; set FORMIC_REQUIRE_SECCOMP=1 to make this a failure");
+    };
+
+    // Can the filter be built here at all?
+    let probe = match launch(&["--version".to_owned()]).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            skip(format!("python3 is not installed ({e})"));
+            return;
+        }
+        Err(e) => panic!("run the seccomp launcher: {e}"),
+    };
+    if probe.status.code() == Some(77) {
+        skip(format!(
+            "the seccomp launcher cannot run here: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+        return;
+    }
+    assert!(
+        probe.status.success(),
+        "formic --version under the unit's filter: {probe:?}"
+    );
+
+    // (i) The node stays up for 5 s, and its compute pool has started (its
+    // threads lowered their priority) by then.
+    let log = home.path().join("node.log");
+    let stdout = home.path().join("node.out");
+    let mut node = launch(&[
+        "node".to_owned(),
+        "--data-dir".to_owned(),
+        path(&home.path().join("data")),
+        "--listen".to_owned(),
+        "/ip4/127.0.0.1/tcp/0".to_owned(),
+        "--no-mdns".to_owned(),
+        "--threads".to_owned(),
+        "1".to_owned(),
+    ])
+    .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+    .stderr(std::fs::File::create(&log).expect("log file"))
+    .spawn()
+    .expect("start the node under the unit's filter");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = node.try_wait().expect("poll the node") {
+            panic!(
+                "the node exited under the unit's filter after {:?}: {status:?} \
+                 (signal {:?}; SIGSYS = {} means a system call the unit denies)\n{}",
+                started.elapsed(),
+                status.signal(),
+                libc::SIGSYS,
+                read(&log)
+            );
+        }
+        let pool_started = read(&log).contains("compute pool started");
+        if started.elapsed() >= Duration::from_secs(5) && pool_started {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = node.kill();
+            let _ = node.wait();
+            panic!(
+                "the compute pool did not start within 60 s:\n{}",
+                read(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stop it as `systemctl stop` would; shutting down must not trip the
+    // filter either.
+    let pid = libc::pid_t::try_from(node.id()).expect("pid fits pid_t");
+    // SAFETY: signals our own child, which has not been reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("poll the node") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            break node.wait().expect("reap the node");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log_text = read(&log);
+    assert_ne!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "the node was killed by the filter on shutdown:\n{log_text}"
+    );
+    assert!(
+        read(&stdout)
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("12D3Koo")),
+        "the node printed no PeerId:\n{log_text}"
+    );
+    // The priority calls are allowed, not merely failing soft with EPERM.
+    assert!(
+        !log_text.contains("could not lower compute thread priority"),
+        "the compute threads could not lower their priority under the unit's filter \
+         (are sched_setscheduler/setpriority denied?):\n{log_text}"
+    );
+
+    // (ii) A unit computes under the filter.
+    let input = home.path().join("input");
+    std::fs::write(&input, "1 100").expect("write input");
+    let app = workspace_root().join("work-units/apps/primes.wat");
+    let out = launch(&[
+        "exec".to_owned(),
+        path(&app),
+        "--input".to_owned(),
+        path(&input),
+        "--data-dir".to_owned(),
+        path(&home.path().join("exec-data")),
+    ])
+    .output()
+    .expect("run formic exec under the unit's filter");
+    assert!(
+        out.status.success(),
+        "formic exec under the unit's filter: {out:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "25\n");
+}
