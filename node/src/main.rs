@@ -12,6 +12,21 @@ use formic_node::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A command whose output is piped into a reader that stops early
+    // (`formic status | head -1`) ends quietly, as other command-line tools
+    // do, instead of panicking in println! on EPIPE. Not for the long-lived
+    // commands: an agent must not die because a log reader went away.
+    #[cfg(unix)]
+    if !matches!(
+        cli.command,
+        formic_node::cli::Command::Node(_) | formic_node::cli::Command::Demo(_)
+    ) {
+        // SAFETY: first thing in main, before any other thread exists;
+        // restoring SIGPIPE's default disposition touches nothing else.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The demo runs a dozen nodes in one process: their routine info lines
     // would bury its progress bar and summary, so it defaults to warnings.
     let default_level = match cli.command {

@@ -341,3 +341,32 @@ fn a_malformed_formic_bootstrap_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FORMIC_BOOTSTRAP: entry 2"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_not_in_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    // A pipe whose reader is gone before formic writes: its first write
+    // fails with EPIPE, as `formic status | head -1` does once head exits.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input");
+    std::fs::write(&input, "1 100").expect("input");
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/../work-units/apps/primes.wat");
+    let out = formic()
+        .args(["exec", app, "--input"])
+        .arg(&input)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run formic");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "formic should end by SIGPIPE like other tools: {:?} {stderr}",
+        out.status
+    );
+}
