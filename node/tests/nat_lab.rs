@@ -195,7 +195,7 @@ impl World {
             .env_remove("FORMIC_BOOTSTRAP")
             .env(
                 "RUST_LOG",
-                "info,formic_node::network=debug,libp2p_autonat=debug,libp2p_relay=debug,libp2p_dcutr=debug",
+                "info,formic_node::network=debug,formic_node::computing=debug,libp2p_autonat=debug,libp2p_relay=debug,libp2p_dcutr=debug",
             );
         cmd
     }

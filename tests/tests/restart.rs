@@ -167,3 +167,27 @@ async fn network_reforms_after_each_node_restarts() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `peers.json` is written while a node runs, soon after it joins, not only
+/// when it stops: another command on the same data dir (or a crash) must
+/// find the peers of a running node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_json_is_written_while_the_node_runs() -> anyhow::Result<()> {
+    init_tracing();
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let first = start_node(dirs[0].path(), vec![]).await?;
+    let second = start_node(dirs[1].path(), first.dial_addrs()).await?;
+    let path = dirs[1].path().join("peers.json");
+    let first_id = first.peer_id().to_string();
+    wait_until(Duration::from_secs(30), "peers.json names the peer", || {
+        let path = path.clone();
+        let first_id = first_id.clone();
+        async move { std::fs::read_to_string(&path).is_ok_and(|text| text.contains(&first_id)) }
+    })
+    .await?;
+    let _ = second.shutdown().await;
+    let _ = first.shutdown().await;
+    Ok(())
+}

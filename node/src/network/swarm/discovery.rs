@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use libp2p::{Multiaddr, PeerId, kad};
 
 use super::Task;
+use super::reachability::ReachabilityState;
 use crate::error_report::Chain;
 use crate::network::{SETTLED_BOOTSTRAP_INTERVAL, SETTLED_ROUTING_TABLE, peers_file};
 
@@ -30,6 +31,13 @@ const BOOTSTRAP_GIVE_UP: Duration = Duration::from_secs(300);
 /// again, first after about this long, doubling up to `REJOIN_MAX`.
 pub(super) const REJOIN_MIN: Duration = Duration::from_secs(1);
 const REJOIN_MAX: Duration = Duration::from_secs(30);
+
+/// Longest sparse-table bootstrap period of a node behind NAT. Others can
+/// find it only through the DHT and it can find them only by looking, so
+/// it keeps looking every half minute rather than backing off to minutes:
+/// peers behind NAT that joined a moment apart otherwise missed each other
+/// for good (each looked before the other was in the DHT).
+const PRIVATE_SPARSE_BOOTSTRAP_MAX: Duration = Duration::from_secs(30);
 
 /// `base` scaled by a random factor in [0.5, 1.5).
 fn jittered(base: Duration) -> Duration {
@@ -174,8 +182,13 @@ impl Task {
             && !self.bootstrap_running()
             && self.last_bootstrap.is_none_or(|t| t.elapsed() >= interval)
         {
+            let longest = if self.reachability.state() == ReachabilityState::Private {
+                PRIVATE_SPARSE_BOOTSTRAP_MAX
+            } else {
+                SETTLED_BOOTSTRAP_INTERVAL
+            };
             self.sparse_bootstrap_every = if table == self.table_at_bootstrap {
-                (self.sparse_bootstrap_every * 2).min(SETTLED_BOOTSTRAP_INTERVAL)
+                (self.sparse_bootstrap_every * 2).min(longest)
             } else {
                 self.bootstrap_interval
             };
@@ -298,6 +311,31 @@ impl Task {
     }
 }
 
+/// Which of the addresses a peer says it listens on go into the routing
+/// table (and so to every peer that looks it up).
+///
+/// A dial tries all of a peer's addresses at once and stops at the first
+/// connection, even one to the wrong peer: a remote peer's loopback
+/// address reaches the dialler itself, and a private address behind
+/// another home router may reach another device on the dialler's own LAN
+/// (many homes use 192.168.1.0/24). Either aborted dials that the peer's
+/// relayed address would have completed. So loopback addresses are kept
+/// only when this node itself listens on loopback alone (tests, one
+/// machine), and a peer that advertises a relayed address, being behind
+/// NAT, is reached at its public and relayed addresses only (on its own
+/// LAN mDNS finds it).
+pub(super) fn addresses_to_learn(addrs: Vec<Multiaddr>, loopback_only: bool) -> Vec<Multiaddr> {
+    if loopback_only {
+        return addrs;
+    }
+    let behind_nat = addrs.iter().any(super::reachability::is_relayed);
+    addrs
+        .into_iter()
+        .filter(|a| !is_loopback(a))
+        .filter(|a| !behind_nat || super::reachability::is_relayed(a) || is_public(a))
+        .collect()
+}
+
 /// Whether `addr` is an IP address reachable from the public internet (not
 /// loopback, private, shared or link-local).
 pub(super) fn is_public(addr: &Multiaddr) -> bool {
@@ -367,6 +405,37 @@ pub(super) fn connection_refused(error: &libp2p::TransportError<std::io::Error>)
 #[cfg(test)]
 mod address_scope_tests {
     use super::*;
+
+    #[test]
+    fn a_peer_behind_nat_is_learnt_at_its_public_and_relayed_addresses_only() {
+        let parse = |s: &str| s.parse::<Multiaddr>().expect("multiaddr");
+        let loopback = parse("/ip4/127.0.0.1/tcp/4001");
+        let private = parse("/ip4/10.2.0.2/tcp/4001");
+        let public = parse("/ip4/198.18.0.7/tcp/4001");
+        let relayed = parse(
+            "/ip4/198.18.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+        );
+        let all = vec![
+            loopback.clone(),
+            private.clone(),
+            public.clone(),
+            relayed.clone(),
+        ];
+        assert_eq!(
+            addresses_to_learn(all.clone(), false),
+            vec![public.clone(), relayed]
+        );
+        // Not behind NAT: its LAN address may be how a LAN peer reaches it.
+        assert_eq!(
+            addresses_to_learn(
+                vec![loopback.clone(), private.clone(), public.clone()],
+                false
+            ),
+            vec![private, public]
+        );
+        // A node on loopback alone (tests) keeps everything.
+        assert_eq!(addresses_to_learn(all.clone(), true), all);
+    }
 
     #[test]
     fn only_internet_addresses_are_public() {

@@ -76,6 +76,11 @@ const RELAY_CHECK_EVERY_TICKS: u64 = 3;
 /// The peers file is rewritten every this many ticks.
 const SAVE_PEERS_EVERY_TICKS: u64 = 60;
 
+/// ...and at these ticks after start, so a command started beside a node
+/// that has just joined (`formic publish` on its data dir) finds its peers
+/// without waiting a minute.
+const EARLY_SAVE_TICKS: [u64; 3] = [5, 15, 30];
+
 pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     peer_id: PeerId,
@@ -143,6 +148,7 @@ pub(super) struct Task {
     /// Open connections per peer, direct or relayed.
     connection_kinds: reachability::ConnectionKinds,
     hole_punches: reachability::HolePunchStats,
+    punch_retries: reachability::PunchRetries,
     relay_server: super::RelayServer,
     relay_client: bool,
     ticks: u64,
@@ -506,7 +512,8 @@ impl Task {
                 if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
                     return;
                 }
-                for addr in info.listen_addrs {
+                let loopback_only = self.swarm.listeners().all(is_loopback);
+                for addr in discovery::addresses_to_learn(info.listen_addrs, loopback_only) {
                     self.learn_address(peer_id, addr);
                 }
                 // A peer newly reachable over Kademlia: while the routing
@@ -602,7 +609,9 @@ impl Task {
         if self.ticks.is_multiple_of(RELAY_CHECK_EVERY_TICKS) {
             self.check_reachability();
         }
-        if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS) {
+        if self.ticks.is_multiple_of(SAVE_PEERS_EVERY_TICKS)
+            || EARLY_SAVE_TICKS.contains(&self.ticks)
+        {
             self.save_peers();
         }
     }

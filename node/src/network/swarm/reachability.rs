@@ -43,6 +43,17 @@ pub(crate) const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 /// while it reserves a replacement.
 pub(crate) const MAX_RELAYS: usize = 2;
 
+/// Hole punching tried again with a peer after a failed attempt: its
+/// timing depends on both ends answering within a round trip, which a
+/// loaded machine sometimes misses.
+pub(crate) const HOLE_PUNCH_RETRIES: u32 = 3;
+
+/// Peers whose hole-punching attempts are remembered at most.
+const MAX_PUNCH_RETRY_PEERS: usize = 1024;
+
+/// Wait before trying hole punching with a peer again.
+const HOLE_PUNCH_RETRY_AFTER: Duration = Duration::from_secs(15);
+
 /// Wait before asking a relay again after its reservation failed or closed.
 const RESERVATION_RETRY: Duration = Duration::from_secs(30);
 
@@ -283,6 +294,54 @@ fn relay_address(listen_addrs: &[Multiaddr]) -> Option<Multiaddr> {
         .cloned()
 }
 
+/// Peers to try hole punching with again, and when. A retry closes the
+/// peer's relayed connection, so a disconnection does not reset its count
+/// (that would retry forever); the memory stays bounded by forgetting
+/// everything past [`MAX_PUNCH_RETRY_PEERS`] peers.
+#[derive(Debug, Default)]
+pub(crate) struct PunchRetries {
+    attempts: HashMap<PeerId, u32>,
+    due: BTreeMap<PeerId, Instant>,
+}
+
+impl PunchRetries {
+    /// Hole punching with `peer` failed at `now`: schedule another try,
+    /// unless it has had its share.
+    pub(crate) fn failed(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.attempts.len() >= MAX_PUNCH_RETRY_PEERS && !self.attempts.contains_key(&peer) {
+            self.attempts.clear();
+            self.due.clear();
+        }
+        let n = self.attempts.entry(peer).or_insert(0);
+        *n += 1;
+        if *n > HOLE_PUNCH_RETRIES {
+            return false;
+        }
+        self.due.insert(peer, now + HOLE_PUNCH_RETRY_AFTER);
+        true
+    }
+
+    /// It worked, or the peer is gone: forget it.
+    pub(crate) fn settled(&mut self, peer: &PeerId) {
+        self.attempts.remove(peer);
+        self.due.remove(peer);
+    }
+
+    /// Peers whose retry is due.
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let due: Vec<PeerId> = self
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &due {
+            self.due.remove(p);
+        }
+        due
+    }
+}
+
 /// Open connections per peer, by kind.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionKinds {
@@ -309,6 +368,14 @@ impl ConnectionKinds {
                 }
             }
         }
+    }
+
+    /// Relayed connections open to `peer`.
+    pub(crate) fn relayed(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.relayed
+            .get(peer)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Relayed connections to `peer` made redundant by a direct one.
@@ -408,9 +475,28 @@ impl Task {
         }
     }
 
+    /// Tries hole punching again with peers still reached only through a
+    /// relay: DCUtR runs once per relayed connection, so the relayed
+    /// connections are closed and the peer dialled again (through its
+    /// relay), which starts a new attempt.
+    fn retry_hole_punching(&mut self) {
+        for peer in self.punch_retries.take_due(Instant::now()) {
+            if self.connection_kinds.kind(&peer) != Some(ConnectionKind::Relayed) {
+                self.punch_retries.settled(&peer);
+                continue;
+            }
+            tracing::debug!(%peer, "trying hole punching again");
+            for id in self.connection_kinds.relayed(&peer) {
+                self.swarm.close_connection(id);
+            }
+            let _ = self.swarm.dial(peer);
+        }
+    }
+
     /// Reserves relays while private, releases them once public. Runs on
     /// every change and on the housekeeping tick (for retries).
     pub(super) fn maintain_relays(&mut self) {
+        self.retry_hole_punching();
         for listener in self.reachability.relays_to_release() {
             self.swarm.remove_listener(listener);
         }
@@ -463,12 +549,16 @@ impl Task {
         match event.result {
             Ok(_) => {
                 self.hole_punches.succeeded += 1;
+                self.punch_retries.settled(&event.remote_peer_id);
                 tracing::info!(peer = %event.remote_peer_id, "hole punched: direct connection");
                 self.close_redundant_relayed(event.remote_peer_id);
             }
             Err(error) => {
                 self.hole_punches.failed += 1;
-                tracing::debug!(peer = %event.remote_peer_id, %error, "hole punching failed; staying relayed");
+                let again = self
+                    .punch_retries
+                    .failed(event.remote_peer_id, Instant::now());
+                tracing::debug!(peer = %event.remote_peer_id, %error, again, "hole punching failed; staying relayed");
             }
         }
     }
@@ -637,6 +727,22 @@ mod tests {
             relay_address(&[private, circuit, relay_addr(7)]),
             Some(relay_addr(7))
         );
+    }
+
+    #[test]
+    fn failed_hole_punching_is_retried_a_few_times_after_a_wait() {
+        let t0 = Instant::now();
+        let mut r = PunchRetries::default();
+        let peer = PeerId::random();
+        for attempt in 1..=HOLE_PUNCH_RETRIES {
+            assert!(r.failed(peer, t0), "attempt {attempt} is retried");
+            assert!(r.take_due(t0).is_empty(), "not before the wait");
+            assert_eq!(r.take_due(t0 + HOLE_PUNCH_RETRY_AFTER), vec![peer]);
+        }
+        assert!(!r.failed(peer, t0), "then it gives up");
+        assert!(r.take_due(t0 + HOLE_PUNCH_RETRY_AFTER).is_empty());
+        r.settled(&peer);
+        assert!(r.failed(peer, t0), "a new connection starts over");
     }
 
     #[test]

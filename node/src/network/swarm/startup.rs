@@ -160,6 +160,7 @@ pub(in crate::network) async fn build(
         reachability: super::reachability::Reachability::new(tokio::time::Instant::now()),
         connection_kinds: Default::default(),
         hole_punches: Default::default(),
+        punch_retries: Default::default(),
         relay_server: config.relay_server,
         relay_client: config.relay_client,
         ticks: 0,
