@@ -512,6 +512,11 @@ impl BlobStore {
 
     /// Count and total size of stored blobs (from the folder itself, so
     /// blobs other processes wrote count too), the quota and evictions.
+    /// The quota in force, if any (cheap: no directory scan).
+    pub fn quota(&self) -> Option<u64> {
+        self.lock_index().quota
+    }
+
     pub fn stats(&self) -> BlobStoreStats {
         let (quota, evicted) = {
             let index = self.lock_index();

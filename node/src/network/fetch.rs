@@ -207,6 +207,18 @@ async fn fetch(
     if blob.size > MAX_BLOB_BYTES {
         return Err(FetchError::TooLarge(blob.size));
     }
+    // A blob the store could never keep is refused before a byte is
+    // fetched: a node with a small `disk_quota` downloaded such a blob
+    // whole, failed to store it, and downloaded it again on every retry.
+    if let Some(quota) = client.blob_store().quota()
+        && blob.size > quota
+    {
+        return Err(FetchError::Store(BlobStoreError::OverQuota {
+            id: blob.id,
+            size: blob.size,
+            quota,
+        }));
+    }
     let store = Arc::clone(client.blob_store());
     let id = blob.id;
     let local = tokio::task::spawn_blocking(move || store.get(&id))
@@ -460,6 +472,46 @@ mod tests {
         let backoff: u64 = (0..PROVIDER_LOOKUPS as u64).map(|a| 500 * (a + 1)).sum();
         assert!(t0.elapsed() >= std::time::Duration::from_millis(backoff));
 
+        client.shutdown().await;
+        let _ = running.await;
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use crate::blob_store::BlobStore;
+    use crate::network::{NetworkConfig, NetworkStores};
+
+    /// A blob larger than the whole store is refused at once, before any
+    /// provider is looked up or a byte fetched.
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_over_the_quota_is_refused_before_fetching() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quota = 16 << 20;
+        let stores = NetworkStores {
+            blobs: Arc::new(BlobStore::open_with_quota(dir.path(), Some(quota)).expect("store")),
+            state: None,
+            peers_dir: dir.path().to_path_buf(),
+        };
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let (client, _events, task) = crate::network::new(NetworkConfig::local(), keypair, stores)
+            .await
+            .expect("network starts");
+        let running = tokio::spawn(task.run());
+        let mut blob = BlobRef::of(b"stand-in");
+        blob.size = quota + 1;
+        let t0 = tokio::time::Instant::now();
+        let err = client.fetch_blob(blob).await.expect_err("over the quota");
+        assert!(
+            matches!(err, FetchError::Store(BlobStoreError::OverQuota { .. })),
+            "{err}"
+        );
+        assert_eq!(
+            t0.elapsed(),
+            std::time::Duration::ZERO,
+            "no lookup, no backoff"
+        );
         client.shutdown().await;
         let _ = running.await;
     }
