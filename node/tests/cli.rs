@@ -47,29 +47,11 @@ fn help_lists_the_nine_subcommands() {
 /// Starts `formic node` on a data dir, reads the PeerId it prints first on
 /// stdout, and stops it.
 fn peer_id_of(data_dir: &std::path::Path) -> String {
-    let mut child = formic()
-        .args(["node", "--data-dir"])
-        .arg(data_dir)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn formic node");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let started = Instant::now();
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("formic node printed its PeerId");
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(started.elapsed() < Duration::from_secs(30));
-    line.trim().to_owned()
+    // Default preferences, whatever the user running the tests has set.
+    let config = tempfile::tempdir().expect("tempdir");
+    start_node(data_dir, config.path(), "/ip4/127.0.0.1/tcp/0", &[])
+        .peer_id
+        .clone()
 }
 
 #[test]

@@ -257,6 +257,72 @@ impl World {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Project `n`: `formic publish` from the owner's host (nat0), quorum
+    /// 2, two other holders, plus `extra` flags. Returns the ProjectId once
+    /// publish has returned (the owner is then offline).
+    fn publish(
+        &mut self,
+        n: usize,
+        app: &Path,
+        inputs: &Path,
+        bootstrap: &str,
+        extra: &[&str],
+    ) -> String {
+        let name = format!("nat-lab-{n}");
+        let owner = self.dir("owner");
+        let mut args = vec![
+            "publish",
+            app.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--name",
+            &name,
+            "--quorum",
+            "2",
+            "--replicate",
+            "2",
+            "--timeout",
+            "4m",
+            "--data-dir",
+            owner.to_str().unwrap(),
+            "--no-mdns",
+            "--bootstrap",
+            bootstrap,
+        ];
+        args.extend_from_slice(extra);
+        let publish = self.spawn(&format!("publish-{n}"), "nat0", &args, &[]);
+        let project = self.first_line(publish, Duration::from_secs(300));
+        match self.procs[publish].wait(Duration::from_secs(30)) {
+            Some(s) if s.success() => project,
+            other => self.fail(&format!("publish of project {n} ended with {other:?}")),
+        }
+    }
+
+    /// `formic results PROJECT --wait` from the researcher's host (nat4),
+    /// with a data dir of its own; returns the process and its output dir.
+    fn collect(&mut self, n: usize, project: &str, bootstrap: &str) -> (usize, PathBuf) {
+        let out = self.dir(&format!("results{n}"));
+        let data = self.dir(&format!("researcher{n}"));
+        let p = self.spawn(
+            &format!("results-{n}"),
+            "nat4",
+            &[
+                "results",
+                project,
+                "--wait",
+                "--out",
+                out.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--no-mdns",
+                "--bootstrap",
+                bootstrap,
+            ],
+            &[],
+        );
+        (p, out)
+    }
+
     /// Fails the test with `why` and every process's log tail.
     fn fail(&self, why: &str) -> ! {
         let logs: Vec<String> = self.procs.iter().map(Proc::log_tail).collect();
@@ -420,54 +486,8 @@ fn volunteers_behind_nat_compute_through_relays_then_finish_without_the_public_n
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../work-units/apps/primes.wat");
     let inputs1 = w.dir("inputs1.txt");
     let ranges1 = write_inputs(&inputs1, 24, 20_000);
-    let owner_dir = w.dir("owner");
-    let publish = w.spawn(
-        "publish-1",
-        "nat0",
-        &[
-            "publish",
-            app.to_str().unwrap(),
-            "--inputs",
-            inputs1.to_str().unwrap(),
-            "--name",
-            "nat-lab-1",
-            "--quorum",
-            "2",
-            "--replicate",
-            "2",
-            "--timeout",
-            "4m",
-            "--data-dir",
-            owner_dir.to_str().unwrap(),
-            "--no-mdns",
-            "--bootstrap",
-            &bootstrap,
-        ],
-        &[],
-    );
-    let project1 = w.first_line(publish, Duration::from_secs(300));
-    match w.procs[publish].wait(Duration::from_secs(30)) {
-        Some(s) if s.success() => {}
-        other => w.fail(&format!("publish ended with {other:?}")),
-    }
-    let out1 = w.dir("results1");
-    let researcher = w.spawn(
-        "results-1",
-        "nat4",
-        &[
-            "results",
-            &project1,
-            "--wait",
-            "--out",
-            out1.to_str().unwrap(),
-            "--data-dir",
-            w.dir("researcher1").to_str().unwrap(),
-            "--no-mdns",
-            "--bootstrap",
-            &bootstrap,
-        ],
-        &[],
-    );
+    let project1 = w.publish(1, &app, &inputs1, &bootstrap, &[]);
+    let (researcher, out1) = w.collect(1, &project1, &bootstrap);
     match w.procs[researcher].wait(Duration::from_secs(300)) {
         Some(s) if s.success() => {}
         other => w.fail(&format!("results (phase one) ended with {other:?}")),
@@ -479,52 +499,8 @@ fn volunteers_behind_nat_compute_through_relays_then_finish_without_the_public_n
     // Units of about a second each (2 replicas of 30 on 2 cores: half a
     // minute), so the project is still running when the public node goes.
     let ranges2 = write_inputs(&inputs2, 30, 500_000_000);
-    let publish2 = w.spawn(
-        "publish-2",
-        "nat0",
-        &[
-            "publish",
-            app.to_str().unwrap(),
-            "--inputs",
-            inputs2.to_str().unwrap(),
-            "--name",
-            "nat-lab-2",
-            "--fuel",
-            "200G",
-            "--quorum",
-            "2",
-            "--replicate",
-            "2",
-            "--timeout",
-            "4m",
-            "--data-dir",
-            owner_dir.to_str().unwrap(),
-            "--no-mdns",
-            "--bootstrap",
-            &bootstrap,
-        ],
-        &[],
-    );
-    let project2 = w.first_line(publish2, Duration::from_secs(300));
-    let _ = w.procs[publish2].wait(Duration::from_secs(30));
-    let out2 = w.dir("results2");
-    let researcher2 = w.spawn(
-        "results-2",
-        "nat4",
-        &[
-            "results",
-            &project2,
-            "--wait",
-            "--out",
-            out2.to_str().unwrap(),
-            "--data-dir",
-            w.dir("researcher2").to_str().unwrap(),
-            "--no-mdns",
-            "--bootstrap",
-            &bootstrap,
-        ],
-        &[],
-    );
+    let project2 = w.publish(2, &app, &inputs2, &bootstrap, &["--fuel", "200G"]);
+    let (researcher2, out2) = w.collect(2, &project2, &bootstrap);
 
     // Volunteers connect to each other directly (hole punching), and the
     // researcher (the one peer neither public nor a volunteer) to one of them.

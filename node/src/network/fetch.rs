@@ -441,14 +441,18 @@ mod tests {
     use crate::blob_store::BlobStore;
     use crate::network::{NetworkConfig, NetworkStores};
 
-    /// The provider-lookup backoff runs on Tokio's clock, so with time
-    /// paused a lone node reports "no provider" after the whole backoff has
-    /// elapsed on that clock, without the test waiting it out.
-    #[tokio::test(start_paused = true)]
-    async fn a_lone_node_finds_no_provider_after_its_whole_backoff() {
+    /// A node alone on loopback, with a blob store of `quota`; its network
+    /// task runs until the client shuts it down.
+    async fn lone_node(
+        quota: Option<u64>,
+    ) -> (
+        tempfile::TempDir,
+        NetworkClient,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let stores = NetworkStores {
-            blobs: Arc::new(BlobStore::open(dir.path()).expect("blob store")),
+            blobs: Arc::new(BlobStore::open_with_quota(dir.path(), quota).expect("blob store")),
             state: None,
             peers_dir: dir.path().to_path_buf(),
         };
@@ -456,8 +460,15 @@ mod tests {
         let (client, _events, task) = crate::network::new(NetworkConfig::local(), keypair, stores)
             .await
             .expect("network starts");
-        let running = tokio::spawn(task.run());
+        (dir, client, tokio::spawn(task.run()))
+    }
 
+    /// The provider-lookup backoff runs on Tokio's clock, so with time
+    /// paused a lone node reports "no provider" after the whole backoff has
+    /// elapsed on that clock, without the test waiting it out.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_node_finds_no_provider_after_its_whole_backoff() {
+        let (_dir, client, running) = lone_node(None).await;
         let t0 = tokio::time::Instant::now();
         let blob = BlobRef::of(b"held by nobody");
         let err = client
@@ -471,34 +482,16 @@ mod tests {
         // 0.5 s + 1 s + 1.5 s between the three lookups.
         let backoff: u64 = (0..PROVIDER_LOOKUPS as u64).map(|a| 500 * (a + 1)).sum();
         assert!(t0.elapsed() >= std::time::Duration::from_millis(backoff));
-
         client.shutdown().await;
         let _ = running.await;
     }
-}
-
-#[cfg(test)]
-mod quota_tests {
-    use super::*;
-    use crate::blob_store::BlobStore;
-    use crate::network::{NetworkConfig, NetworkStores};
 
     /// A blob larger than the whole store is refused at once, before any
     /// provider is looked up or a byte fetched.
     #[tokio::test(start_paused = true)]
     async fn a_blob_over_the_quota_is_refused_before_fetching() {
-        let dir = tempfile::tempdir().expect("tempdir");
         let quota = 16 << 20;
-        let stores = NetworkStores {
-            blobs: Arc::new(BlobStore::open_with_quota(dir.path(), Some(quota)).expect("store")),
-            state: None,
-            peers_dir: dir.path().to_path_buf(),
-        };
-        let keypair = libp2p::identity::Keypair::generate_ed25519();
-        let (client, _events, task) = crate::network::new(NetworkConfig::local(), keypair, stores)
-            .await
-            .expect("network starts");
-        let running = tokio::spawn(task.run());
+        let (_dir, client, running) = lone_node(Some(quota)).await;
         let mut blob = BlobRef::of(b"stand-in");
         blob.size = quota + 1;
         let t0 = tokio::time::Instant::now();
